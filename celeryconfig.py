@@ -1,0 +1,169 @@
+"""Every setting of the login pipeline, read from the environment.
+
+Upper-case names are the pipeline's own settings; lower-case names are Celery's.
+Defaults fit the embedded stack (`python -m tasks stack up`): LocalStack on
+localhost:4566 and the PostgreSQL server the stack started. Point the same
+variables at real AWS and a managed PostgreSQL for production (README,
+"Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from kombu import Exchange, Queue
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- The embedded stack --------------------------------------------------------
+STACK_DIR = Path(_env("STACK_DIR", str(Path(__file__).resolve().parent / ".stack")))
+LOCALSTACK_PORT = _int("LOCALSTACK_PORT", 4566)
+
+# --- AWS: SQS (source, dead letters, Celery's broker) ---------------------------
+AWS_REGION = _env("AWS_DEFAULT_REGION", "us-east-1")
+# Empty means real AWS (boto3's own endpoint resolution and credential chain).
+SQS_ENDPOINT_URL = _env("SQS_ENDPOINT_URL", f"http://localhost:{LOCALSTACK_PORT}")
+AWS_ACCESS_KEY_ID = _env("AWS_ACCESS_KEY_ID", "test" if SQS_ENDPOINT_URL else "")
+AWS_SECRET_ACCESS_KEY = _env("AWS_SECRET_ACCESS_KEY", "test" if SQS_ENDPOINT_URL else "")
+SOURCE_QUEUE = _env("SOURCE_QUEUE", "login-queue")
+DEAD_LETTER_QUEUE = _env("DEAD_LETTER_QUEUE", "login-queue-dlq")
+# Receives of a source message before SQS itself moves it to the dead-letter queue
+# (a message that a fetch took but never handed off, again and again).
+SOURCE_MAX_RECEIVES = _int("SOURCE_MAX_RECEIVES", 10)
+# Keep the original body in dead letters, so `redrive` can replay them. The body
+# holds the raw ip and device_id: turn this off where the DLQ must hold no PII.
+DEAD_LETTER_KEEP_BODY = _bool("DEAD_LETTER_KEEP_BODY", True)
+
+# --- Fetch: source queue -> batches ---------------------------------------------
+BATCH_SIZE = _int("BATCH_SIZE", 250)
+# A batch task message must stay under SQS's 1 MiB after kombu's base64 (+1/3).
+BATCH_MAX_BYTES = _int("BATCH_MAX_BYTES", 600_000)
+FETCH_INTERVAL = _float("FETCH_INTERVAL", 2.0)
+# How long one fetch task keeps filling batches before it returns its slot.
+FETCH_MAX_SECONDS = _float("FETCH_MAX_SECONDS", 10.0)
+# Concurrent ReceiveMessage calls inside one fetch ("several fetches in flight").
+FETCH_RECEIVERS = _int("FETCH_RECEIVERS", 4)
+# Long poll of the first receive; later receives of a fetch do not wait.
+FETCH_WAIT_SECONDS = _int("FETCH_WAIT_SECONDS", 1)
+# Seconds a received source message stays hidden while its batch is handed off.
+SOURCE_VISIBILITY_TIMEOUT = _int("SOURCE_VISIBILITY_TIMEOUT", 60)
+
+# --- Mask and insert --------------------------------------------------------------
+BATCH_MAX_RETRIES = _int("BATCH_MAX_RETRIES", 8)
+RETRY_BACKOFF_MAX = _int("RETRY_BACKOFF_MAX", 60)
+
+# --- Masking -------------------------------------------------------------------
+MASKING_MODE = _env("MASKING_MODE", "hmac")  # hmac (one-way) or siv (recoverable)
+# Keys: MASKING_KEYS ("version:base64key,...") or a file of such lines.
+MASKING_KEYS = _env("MASKING_KEYS", "")
+MASKING_KEYS_FILE = _env("MASKING_KEYS_FILE", str(STACK_DIR / "masking.keys"))
+# Only the embedded stack may run on the development key it generates.
+PIPELINE_ENV = _env("PIPELINE_ENV", "embedded")
+
+# --- PostgreSQL ------------------------------------------------------------------
+# Unset: the server the embedded stack started (its URL is kept in STACK_DIR).
+DATABASE_URL = _env("DATABASE_URL", "")
+DATABASE_URL_FILE = STACK_DIR / "database.url"
+
+# --- Flower ----------------------------------------------------------------------
+FLOWER_ADDRESS = _env("FLOWER_ADDRESS", "127.0.0.1")
+FLOWER_PORT = _int("FLOWER_PORT", 5555)
+FLOWER_BASIC_AUTH = _env("FLOWER_BASIC_AUTH", "")  # user:password
+
+
+def database_url() -> str:
+    """The PostgreSQL URL: DATABASE_URL, else the embedded stack's server."""
+    if DATABASE_URL:
+        return DATABASE_URL
+    if DATABASE_URL_FILE.exists():
+        return DATABASE_URL_FILE.read_text().strip()
+    raise RuntimeError("DATABASE_URL is not set and the embedded stack is not up")
+
+
+def _broker_url() -> str:
+    if not SQS_ENDPOINT_URL:
+        return "sqs://"
+    endpoint = urlsplit(SQS_ENDPOINT_URL)
+    user = f"{quote(AWS_ACCESS_KEY_ID, safe='')}:{quote(AWS_SECRET_ACCESS_KEY, safe='')}"
+    return f"sqs://{user}@{endpoint.netloc}"
+
+
+# --- Celery ------------------------------------------------------------------------
+CELERY_QUEUE_PREFIX = _env("CELERY_QUEUE_PREFIX", "login-pipeline-")
+FETCH_QUEUE = "fetch"
+BATCH_QUEUE = "batches"
+# Longer than the longest batch (retries are new messages, so one attempt).
+TASK_VISIBILITY_TIMEOUT = _int("TASK_VISIBILITY_TIMEOUT", 300)
+
+broker_url = _env("CELERY_BROKER_URL", _broker_url())
+# Our transport: kombu's SQS transport plus what remote control and events need.
+broker_transport = "tasks.transport:Transport"
+broker_transport_options = {
+    "region": AWS_REGION,
+    "queue_name_prefix": CELERY_QUEUE_PREFIX,
+    "visibility_timeout": TASK_VISIBILITY_TIMEOUT,
+    "wait_time_seconds": _int("BROKER_WAIT_SECONDS", 1),
+    "polling_interval": _float("BROKER_POLLING_INTERVAL", 0.1),
+    "supports_fanout": True,
+}
+broker_connection_retry_on_startup = True
+
+task_queues = (
+    Queue(FETCH_QUEUE, Exchange(FETCH_QUEUE, type="direct"), routing_key=FETCH_QUEUE),
+    Queue(BATCH_QUEUE, Exchange(BATCH_QUEUE, type="direct"), routing_key=BATCH_QUEUE),
+)
+task_default_queue = BATCH_QUEUE
+task_routes = {
+    "tasks.fetch_batches": {"queue": FETCH_QUEUE},
+    "tasks.mask_and_insert": {"queue": BATCH_QUEUE},
+}
+task_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+
+# Work is acknowledged only once done; a worker that dies mid-batch leaves its
+# message for SQS to redeliver, and a failed task is left for the queue's
+# redrive policy rather than deleted.
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = False
+worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1)
+worker_concurrency = _int("WORKER_CONCURRENCY", 2)
+worker_max_memory_per_child = _int("WORKER_MAX_MEMORY_KB", 400_000)
+worker_hijack_root_logger = False
+task_time_limit = TASK_VISIBILITY_TIMEOUT - 30
+task_soft_time_limit = TASK_VISIBILITY_TIMEOUT - 60
+
+# Task events feed Flower. Sent without persistent delivery to keep them cheap.
+worker_send_task_events = _bool("WORKER_SEND_TASK_EVENTS", True)
+task_send_sent_event = False
+event_queue_expires = 60.0
+event_queue_ttl = 10.0
+
+beat_schedule = {
+    "fetch-login-events": {
+        "task": "tasks.fetch_batches",
+        "schedule": FETCH_INTERVAL,
+        # After an outage, stale fetches are dropped instead of piling up.
+        "options": {"expires": max(FETCH_INTERVAL * 2, 5.0)},
+    },
+}
+beat_schedule_filename = str(STACK_DIR / "celerybeat-schedule")

@@ -1,0 +1,8 @@
+"""The Celery application (`celery -A tasks worker|beat|flower`)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("tasks", include=["tasks.fetch", "tasks.batch"])
+app.config_from_object("celeryconfig")

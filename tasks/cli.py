@@ -1,0 +1,69 @@
+"""The `python -m tasks` commands: stack, seed, run, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import celeryconfig as config
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from tasks import stack
+
+    {"up": stack.up, "down": stack.down, "init": stack.init}[args.action]()
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from tasks import seed
+
+    bodies = seed.sample_bodies() if args.count is None else [b for b, _ in seed.generate(args.count)]
+    print(f"sent {seed.send(config.SOURCE_QUEUE, bodies)} events to {config.SOURCE_QUEUE}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tasks import runner
+
+    return runner.run(
+        drain=args.drain, seed_count=args.seed, with_flower=not args.drain or args.flower, as_json=args.json
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tasks import status
+
+    report = status.collect()
+    print(json.dumps(report, indent=2) if args.json else status.render(report))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tasks", description="The login pipeline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stack", help="start or stop the embedded LocalStack and PostgreSQL")
+    s.add_argument("action", choices=["up", "down", "init"])
+    s.set_defaults(func=_stack)
+
+    s = sub.add_parser("seed", help="send events to login-queue (default: the exercise's 100)")
+    s.add_argument("--count", type=int, help="that many realistic events, anomalies included")
+    s.set_defaults(func=_seed)
+
+    s = sub.add_parser("run", help="run worker, beat and Flower on the embedded stack")
+    s.add_argument("--drain", action="store_true", help="stop once the queues are empty, print a summary")
+    s.add_argument("--seed", type=int, default=0, metavar="N", help="seed N events first")
+    s.add_argument("--flower", action="store_true", help="also run Flower in drain mode")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=_run)
+
+    s = sub.add_parser("status", help="queue depths, rows and dead letters")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,141 @@
+"""Pseudonymisation of ip and device_id: normalise, then a keyed, versioned token.
+
+Two modes (MASKING_MODE):
+- ``hmac``: HMAC-SHA256, one-way. Token ``h<version>:<base64url of 32 bytes>``.
+- ``siv``: AES-SIV, deterministic authenticated encryption; the key holder can
+  decrypt. Token ``s<version>:<base64url of tag + ciphertext>``.
+
+Both are deterministic (same value, same key: same token), so an analyst still sees
+which values repeat, and neither can be reversed by hashing every IPv4 address
+without the key. Each field has its own key derived from the key-ring entry
+(HKDF with the field name as context), so an ip token never equals the device_id
+token of the same text, and a token of one field cannot be decrypted as the other.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+from dataclasses import dataclass
+from functools import cached_property
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tasks.keys import KeyRing
+
+MODES = {"hmac": "h", "siv": "s"}
+FIELDS = ("ip", "device_id")
+
+
+class TokenError(ValueError):
+    """A token that this key ring cannot read."""
+
+
+def normalise_ip(value: str) -> tuple[str, bool]:
+    """The canonical text of an address, and whether it was one.
+
+    Handles surrounding spaces, IPv4 with leading zeros ("010.001.002.003"),
+    IPv4-mapped IPv6 ("::ffff:10.1.2.3") and IPv6 case and zero compression.
+    Multicast, reserved and loopback addresses are addresses like any other.
+    A value that is no address comes back stripped, with False.
+    """
+    text = value.strip()
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
+        text = ".".join(str(int(p)) for p in parts)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text, False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.compressed, True
+
+
+def normalise_device_id(value: str) -> str:
+    return value.strip()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Masker:
+    """Masks and unmasks field values with one key ring in one mode."""
+
+    keys: KeyRing
+    mode: str = "hmac"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"MASKING_MODE must be one of {sorted(MODES)}")
+
+    def _field_key(self, version: int, field: str, purpose: str, length: int) -> bytes:
+        info = f"login-pipeline/{purpose}/{field}".encode()
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info)
+        return hkdf.derive(self.keys.key(version))
+
+    @cached_property
+    def _hmacs(self) -> dict[tuple[int, str], hmac.HMAC]:
+        """Pre-keyed HMAC objects, copied per value (saves two compressions each)."""
+        return {
+            (v, f): hmac.new(self._field_key(v, f, "hmac", 32), digestmod=hashlib.sha256)
+            for v in self.keys.keys
+            for f in FIELDS
+        }
+
+    @cached_property
+    def _sivs(self) -> dict[tuple[int, str], AESSIV]:
+        return {(v, f): AESSIV(self._field_key(v, f, "siv", 64)) for v in self.keys.keys for f in FIELDS}
+
+    def token(self, field: str, value: str, version: int | None = None) -> str:
+        """The token of an already normalised value."""
+        version = self.keys.current_version if version is None else version
+        data = value.encode()
+        if self.mode == "hmac":
+            mac = self._hmacs[(version, field)].copy()
+            mac.update(data)
+            raw = mac.digest()
+        else:
+            raw = self._sivs[(version, field)].encrypt(data, [field.encode()])
+        return f"{MODES[self.mode]}{version}:{_b64(raw)}"
+
+    def mask_ip(self, ip: str) -> tuple[str, bool]:
+        """The token of an ip, and whether the value was an address."""
+        normalised, is_address = normalise_ip(ip)
+        return self.token("ip", normalised), is_address
+
+    def mask_device_id(self, device_id: str) -> str:
+        return self.token("device_id", normalise_device_id(device_id))
+
+    def unmask(self, field: str, token: str) -> str:
+        """Recover the normalised value of an ``siv`` token (needs its key version)."""
+        version, raw = parse_token(token, "s")
+        self.keys.key(version)  # a clear error for a version that is not loaded
+        try:
+            return self._sivs[(version, field)].decrypt(raw, [field.encode()]).decode()
+        except Exception as exc:  # InvalidTag, a wrong field or key: one clear reason
+            raise TokenError(f"token does not decrypt as {field} with key version {version}") from exc
+
+
+def parse_token(token: str, mode_letter: str | None = None) -> tuple[int, bytes]:
+    """Split a token into its key version and raw bytes."""
+    head, sep, body = token.partition(":")
+    if not sep or len(head) < 2 or not head[1:].isdigit():
+        raise TokenError("not a masking token")
+    if mode_letter and head[0] != mode_letter:
+        raise TokenError("token was not made in siv mode and cannot be recovered")
+    return int(head[1:]), _unb64(body)
+
+
+def token_version(token: str) -> int:
+    return parse_token(token)[0]

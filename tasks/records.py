@@ -1,0 +1,134 @@
+"""Parse and validate: a source message becomes a LoginEvent or a DeadLetter.
+
+A source message is the SQS message id, its SentTimestamp and its raw body. The body
+must be a JSON object with a non-empty string ``user_id``; the other known fields may
+be strings or null or missing (a null column). ``app_version`` must be encodable
+(tasks.versions). Unknown keys are ignored. Text must fit its column and carry no NUL
+byte. Anything else is a DeadLetter with a reason that names the field but never its
+value, since values may be personal data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from tasks.versions import UnencodableVersion, encode_app_version
+
+# Column widths of user_logins for the fields stored as given.
+TEXT_LIMITS = {"user_id": 128, "device_type": 32, "locale": 32}
+# Masked fields: a bound on input size, so every token fits varchar(256).
+MASKED_LIMITS = {"ip": 64, "device_id": 128}
+OPTIONAL_FIELDS = ("device_type", "locale", "ip", "device_id", "app_version")
+
+
+@dataclass(frozen=True)
+class SourceMessage:
+    """One message of login-queue, as a batch task carries it."""
+
+    message_id: str
+    sent_at_ms: int
+    body: str
+
+    def as_args(self) -> list[Any]:
+        return [self.message_id, self.sent_at_ms, self.body]
+
+    @classmethod
+    def from_args(cls, args: list[Any]) -> SourceMessage:
+        message_id, sent_at_ms, body = args
+        return cls(str(message_id), int(sent_at_ms), str(body))
+
+
+@dataclass(frozen=True)
+class LoginEvent:
+    """A valid login event, still holding its raw ip and device_id."""
+
+    message_id: str
+    user_id: str
+    device_type: str | None
+    ip: str | None
+    device_id: str | None
+    locale: str | None
+    app_version: int | None
+    create_date: date
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that cannot become a row, and why: it goes to login-queue-dlq."""
+
+    message: SourceMessage
+    reason: str
+
+
+class Invalid(ValueError):
+    """A record that breaks the contract above."""
+
+
+def _text(record: dict[str, Any], field: str, limit: int) -> str | None:
+    value = record.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{field} is not a string")
+    if "\x00" in value:
+        raise Invalid(f"{field} contains a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{field} is not valid Unicode text") from None
+    if len(value) > limit:
+        raise Invalid(f"{field} is longer than {limit} characters")
+    return value
+
+
+def _load_object(body: str) -> dict[str, Any]:
+    try:
+        record = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Invalid("body is not JSON") from None
+    if not isinstance(record, dict):
+        raise Invalid("body is not a JSON object")
+    return record
+
+
+def create_date(sent_at_ms: int) -> date:
+    """The UTC date on which SQS accepted the message."""
+    return datetime.fromtimestamp(sent_at_ms / 1000, tz=UTC).date()
+
+
+def parse_event(message: SourceMessage) -> LoginEvent:
+    """The login event in a source message, or Invalid with the reason."""
+    record = _load_object(message.body)
+    user_id = _text(record, "user_id", TEXT_LIMITS["user_id"])
+    if not user_id or not user_id.strip():
+        raise Invalid("user_id is missing")
+    version = _text(record, "app_version", 32)
+    try:
+        app_version = None if version is None else encode_app_version(version.strip())
+    except UnencodableVersion as exc:
+        raise Invalid(str(exc)) from None
+    return LoginEvent(
+        message_id=message.message_id,
+        user_id=user_id,
+        device_type=_text(record, "device_type", TEXT_LIMITS["device_type"]),
+        ip=_text(record, "ip", MASKED_LIMITS["ip"]),
+        device_id=_text(record, "device_id", MASKED_LIMITS["device_id"]),
+        locale=_text(record, "locale", TEXT_LIMITS["locale"]),
+        app_version=app_version,
+        create_date=create_date(message.sent_at_ms),
+    )
+
+
+def parse_batch(messages: list[SourceMessage]) -> tuple[list[LoginEvent], list[DeadLetter]]:
+    """Split a batch into events and dead_letters; never raises for bad input."""
+    events: list[LoginEvent] = []
+    dead_letters: list[DeadLetter] = []
+    for message in messages:
+        try:
+            events.append(parse_event(message))
+        except Invalid as exc:
+            dead_letters.append(DeadLetter(message, str(exc)))
+    return events, dead_letters

@@ -1,0 +1,140 @@
+"""`run`: worker, beat and Flower as child processes, until Ctrl-C or drained.
+
+In drain mode it seeds events, runs until login-queue and Celery's batch queue stay
+empty, stops the processes with a warm shutdown and prints what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import celeryconfig as config
+from tasks import seed, stack, status
+
+CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
+
+
+def worker_command(name: str = "worker1", concurrency: int | None = None) -> list[str]:
+    queues = f"{config.FETCH_QUEUE},{config.BATCH_QUEUE}"
+    command = [*CELERY, "worker", "-n", f"{name}@%h", "-Q", queues, "--loglevel=INFO"]
+    return command + ([f"--concurrency={concurrency}"] if concurrency else [])
+
+
+def beat_command() -> list[str]:
+    return [*CELERY, "beat", "--loglevel=INFO"]
+
+
+def flower_command() -> list[str]:
+    return [*CELERY, "flower", "--conf=flowerconfig.py"]
+
+
+@contextmanager
+def processes(commands: dict[str, list[str]]) -> Iterator[dict[str, subprocess.Popen]]:
+    """Start each command with its log in STACK_DIR/logs; warm-stop them all at the end."""
+    logs = config.STACK_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started: dict[str, subprocess.Popen] = {}
+    try:
+        for name, command in commands.items():
+            with open(logs / f"{name}.log", "ab") as log:
+                started[name] = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=stack.ROOT,
+                    start_new_session=True,
+                )
+            stack.say(f"{name} started (log: {logs / (name + '.log')})")
+        yield started
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        for process in started.values():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@dataclass
+class Summary:
+    received: int
+    inserted: int
+    dead_lettered: int
+    duplicates: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"received {self.received}, inserted {self.inserted}, dead-lettered "
+            f"{self.dead_lettered}, duplicate deliveries skipped {self.duplicates}, "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def summarise(before: dict[str, int], after: dict[str, int], seconds: float) -> Summary:
+    delta = {key: after[key] - before[key] for key in after}
+    return Summary(delta["received"], delta["inserted"], delta["dead_lettered"], delta["duplicates"], seconds)
+
+
+def progress() -> dict:
+    report = status.collect()
+    db, source = report["database"], report["queues"][config.SOURCE_QUEUE]
+    print(
+        f"  rows {db['rows']}  dead letters {db['dead_letters']}  "
+        f"login-queue {source['visible']} waiting, {source['in_flight']} in flight",
+        file=sys.stderr,
+        flush=True,
+    )
+    return report
+
+
+def wait_until_drained(poll: float = 1.0, settle: int = 2) -> None:
+    """Until login-queue and the batch queue were empty `settle` polls in a row."""
+    quiet = 0
+    while quiet < settle:
+        time.sleep(poll)
+        quiet = quiet + 1 if status.pipeline_idle(progress()) else 0
+
+
+def watch(running: dict[str, subprocess.Popen], poll: float = 5.0) -> None:
+    """Show progress until Ctrl-C or until a process exits."""
+    while not (ended := [n for n, p in running.items() if p.poll() is not None]):
+        time.sleep(poll)
+        progress()
+    stack.say(f"{', '.join(ended)} exited; see its log")
+
+
+def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False) -> int:
+    stack.up()
+    if seed_count:
+        bodies = [body for body, _ in seed.generate(seed_count)]
+        stack.say(f"seeded {seed.send(config.SOURCE_QUEUE, bodies)} events into {config.SOURCE_QUEUE}")
+    commands = {"worker": worker_command(), "beat": beat_command()}
+    if with_flower:
+        commands["flower"] = flower_command()
+    before = status.collect()["database"]
+    started = time.monotonic()
+    with processes(commands) as running:
+        if with_flower:
+            stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT}")
+        try:
+            if drain:
+                wait_until_drained()
+            else:
+                watch(running)
+        except KeyboardInterrupt:
+            stack.say("stopping")
+    summary = summarise(before, status.collect()["database"], time.monotonic() - started)
+    print(json.dumps(summary.__dict__) if as_json else summary)
+    return 0

@@ -1,0 +1,88 @@
+"""The source queue, login-queue: receive in parallel, delete in batches.
+
+A message is received with a visibility timeout of our own (SOURCE_VISIBILITY_TIMEOUT),
+so it stays hidden while its batch is handed off, and it is deleted only after that.
+Its idempotency key is the SQS MessageId, or the ``source_message_id`` attribute that
+`redrive` keeps when it replays a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+
+from tasks import aws
+from tasks.records import SourceMessage
+
+log = logging.getLogger(__name__)
+ORIGINAL_ID = "source_message_id"
+
+
+@dataclass(frozen=True)
+class Received:
+    message: SourceMessage
+    receipt_handle: str
+
+    @property
+    def size(self) -> int:
+        return len(self.message.body)
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqs")
+
+
+def _received(raw: dict) -> Received:
+    original = raw.get("MessageAttributes", {}).get(ORIGINAL_ID, {}).get("StringValue")
+    message = SourceMessage(
+        message_id=original or raw["MessageId"],
+        sent_at_ms=int(raw["Attributes"]["SentTimestamp"]),
+        body=raw["Body"],
+    )
+    return Received(message, raw["ReceiptHandle"])
+
+
+class SourceQueue:
+    def __init__(self, name: str, visibility_timeout: int, receivers: int = 4) -> None:
+        self.url = aws.queue_url(name)
+        self.visibility_timeout = visibility_timeout
+        self.receivers = receivers
+        self.sqs = aws.client("sqs")
+
+    def receive(self, count: int = 10, wait: int = 0) -> list[Received]:
+        response = self.sqs.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=min(count, 10),
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=self.visibility_timeout,
+            MessageSystemAttributeNames=["SentTimestamp"],
+            MessageAttributeNames=[ORIGINAL_ID],
+        )
+        return [_received(raw) for raw in response.get("Messages", [])]
+
+    def receive_up_to(self, count: int, wait: int = 0) -> list[Received]:
+        """Up to `count` messages, with several ReceiveMessage calls in flight."""
+        calls = [min(10, count - i) for i in range(0, count, 10)][: self.receivers]
+        if len(calls) == 1:
+            return self.receive(calls[0], wait)
+        results = _pool(self.receivers).map(lambda n: self.receive(n, wait), calls)
+        return [message for result in results for message in result]
+
+    def delete(self, received: list[Received]) -> int:
+        """Delete handed-off messages; returns how many SQS refused to delete."""
+
+        def delete_chunk(chunk: list[Received]) -> int:
+            response = self.sqs.delete_message_batch(
+                QueueUrl=self.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r.receipt_handle} for i, r in enumerate(chunk)],
+            )
+            return len(response.get("Failed", []))
+
+        failed = sum(_pool(self.receivers).map(delete_chunk, aws.chunks(received)))
+        if failed:
+            # They reappear after the visibility timeout and are skipped as duplicates.
+            log.warning("%d handed-off source messages were not deleted", failed)
+        return failed

@@ -1,0 +1,222 @@
+"""The embedded stack: LocalStack and PostgreSQL as host processes, no Docker, no sudo.
+
+`up` starts LocalStack (from its own virtual environment in STACK_DIR) unless one
+already answers on LOCALSTACK_PORT, and PostgreSQL: the server named by DATABASE_URL
+if set, else a private server from the ``pgserver`` package in STACK_DIR/pgdata. Then
+it creates the queues, applies init.sql and makes a development masking key if no key
+is configured. `down` stops what `up` started. `init` does only the queues and the
+schema, against whatever the configuration points at (compose runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import celeryconfig as config
+from tasks import aws, store
+from tasks.keys import create_development_key
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCALSTACK_REQUIREMENTS = ROOT / "requirements-localstack.txt"
+
+
+def _paths() -> dict[str, Path]:
+    d = config.STACK_DIR
+    return {
+        "venv": d / "localstack-venv",
+        "pid": d / "localstack.pid",
+        "log": d / "localstack.log",
+        "fs": d / "localstack-fs",
+        "pgdata": d / "pgdata",
+    }
+
+
+def say(text: str) -> None:
+    print(f"[stack] {text}", file=sys.stderr, flush=True)
+
+
+# --- LocalStack ------------------------------------------------------------------
+def localstack_ready() -> bool:
+    url = f"http://127.0.0.1:{config.LOCALSTACK_PORT}/_localstack/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            services = json.load(response).get("services", {})
+    except (OSError, ValueError):
+        return False
+    return all(services.get(s) in ("available", "running") for s in ("sqs", "sns"))
+
+
+def _localstack_python() -> Path:
+    venv = _paths()["venv"]
+    python = venv / "bin" / "python"
+    marker = venv / "installed.txt"
+    wanted = LOCALSTACK_REQUIREMENTS.read_text()
+    if marker.exists() and marker.read_text() == wanted:
+        return python
+    say(f"installing LocalStack into {venv} (once, about a minute)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(LOCALSTACK_REQUIREMENTS),
+        ],
+        check=True,
+    )
+    marker.write_text(wanted)
+    return python
+
+
+def start_localstack(timeout: float = 120) -> None:
+    if localstack_ready():
+        say(f"LocalStack already answers on port {config.LOCALSTACK_PORT}")
+        return
+    paths = _paths()
+    python = _localstack_python()
+    env = {
+        **os.environ,
+        "GATEWAY_LISTEN": f"127.0.0.1:{config.LOCALSTACK_PORT}",
+        "SERVICES": "sqs,sns",
+        "DNS_ADDRESS": "0",
+        "FILESYSTEM_ROOT": str(paths["fs"]),
+        "SKIP_SSL_CERT_DOWNLOAD": "1",
+        "DISABLE_EVENTS": "1",
+    }
+    with open(paths["log"], "ab") as log:
+        process = subprocess.Popen(
+            [str(python), "-m", "localstack.runtime.main"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    paths["pid"].write_text(str(process.pid))
+    deadline = time.monotonic() + timeout
+    while not localstack_ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"LocalStack did not start; see {paths['log']}")
+        time.sleep(0.25)
+    say(f"LocalStack up on port {config.LOCALSTACK_PORT} (log: {paths['log']})")
+
+
+def _stop_pid(pid_file: Path, name: str) -> None:
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    say(f"{name} stopped")
+
+
+# --- PostgreSQL ----------------------------------------------------------------------
+def start_postgres() -> str:
+    if config.DATABASE_URL:
+        say("PostgreSQL: using DATABASE_URL")
+        return config.DATABASE_URL
+    import pgserver  # only the embedded stack needs it
+
+    server = pgserver.get_server(_paths()["pgdata"], cleanup_mode=None)
+    url = server.get_uri()
+    config.DATABASE_URL_FILE.write_text(url + "\n")
+    say(f"PostgreSQL up in {_paths()['pgdata']} ({url})")
+    return url
+
+
+def stop_postgres() -> None:
+    pgdata = _paths()["pgdata"]
+    if config.DATABASE_URL or not (pgdata / "postmaster.pid").exists():
+        return
+    import pgserver
+
+    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+    config.DATABASE_URL_FILE.unlink(missing_ok=True)
+    say("PostgreSQL stopped")
+
+
+# --- Queues, schema, key ---------------------------------------------------------------
+def _create_queue(name: str, attributes: dict[str, str]) -> str:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)  # also for queues that existed
+    return url
+
+
+def _arn(url: str) -> str:
+    return aws.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def _redrive(dead_letter_url: str, max_receives: int) -> str:
+    return json.dumps({"deadLetterTargetArn": _arn(dead_letter_url), "maxReceiveCount": str(max_receives)})
+
+
+def create_queues() -> None:
+    """login-queue and its DLQ, and Celery's queues with their own DLQ and timeouts."""
+    retention = {"MessageRetentionPeriod": str(14 * 24 * 3600)}
+    dlq = _create_queue(config.DEAD_LETTER_QUEUE, retention)
+    _create_queue(
+        config.SOURCE_QUEUE,
+        {
+            **retention,
+            "VisibilityTimeout": str(config.SOURCE_VISIBILITY_TIMEOUT),
+            "RedrivePolicy": _redrive(dlq, config.SOURCE_MAX_RECEIVES),
+        },
+    )
+    prefix = config.CELERY_QUEUE_PREFIX
+    task_dlq = _create_queue(f"{prefix}{config.BATCH_QUEUE}-dlq", retention)
+    for queue in (config.FETCH_QUEUE, config.BATCH_QUEUE):
+        _create_queue(
+            f"{prefix}{queue}",
+            {
+                "VisibilityTimeout": str(config.TASK_VISIBILITY_TIMEOUT),
+                "RedrivePolicy": _redrive(task_dlq, 5),
+            },
+        )
+
+
+def ensure_key() -> None:
+    if config.MASKING_KEYS:
+        return
+    path = Path(config.MASKING_KEYS_FILE)
+    if create_development_key(path):
+        say(f"made a development masking key in {path} (for this machine only)")
+    else:
+        say(f"masking key: {path}")
+
+
+def init() -> None:
+    create_queues()
+    store.apply_schema(config.database_url())
+    say("queues and schema ready")
+
+
+def up() -> None:
+    config.STACK_DIR.mkdir(parents=True, exist_ok=True)
+    start_localstack()
+    start_postgres()
+    init()
+    ensure_key()
+
+
+def down() -> None:
+    _stop_pid(_paths()["pid"], "LocalStack")
+    stop_postgres()

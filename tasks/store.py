@@ -1,0 +1,163 @@
+"""PostgreSQL: the schema, the connection, and writing one masked batch.
+
+A batch is written in one transaction: its rows go by COPY into a temporary table,
+then one INSERT ... ON CONFLICT (message_id) DO NOTHING moves them into user_logins,
+so a message delivered twice never makes two rows. Rejected records are noted in
+dead_letters (id and reason only) and the batch's counts in ingest_batches, in the
+same transaction. Rows the database itself refuses (a value it will not take) are
+isolated by splitting the batch, each half under a savepoint, and come back as
+rejections with the database's reason.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from datetime import date
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+
+INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
+COLUMNS = (
+    "message_id",
+    "user_id",
+    "device_type",
+    "masked_ip",
+    "masked_device_id",
+    "locale",
+    "app_version",
+    "create_date",
+)
+_COLUMN_LIST = ", ".join(COLUMNS)
+# Errors tied to the values of some rows, as opposed to the server or the schema.
+ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
+
+Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
+
+
+@dataclass(frozen=True)
+class MaskedRow:
+    message_id: str
+    user_id: str
+    device_type: str | None
+    masked_ip: str | None
+    masked_device_id: str | None
+    locale: str | None
+    app_version: int | None
+    create_date: date
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    received: int
+    inserted: int
+    duplicates: int
+    dead_lettered: int
+    non_address_ips: int = 0
+
+
+def connect(url: str) -> Connection:
+    conn = psycopg2.connect(url, connect_timeout=5, application_name="login-pipeline")
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS incoming_logins"
+            " (LIKE user_logins INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+    conn.commit()
+    return conn
+
+
+def apply_schema(url: str) -> None:
+    with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute(INIT_SQL.read_text())
+    conn.close()
+
+
+def _copy_text(value: object) -> str:
+    if value is None:
+        return r"\N"
+    text = str(value)
+    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def insert_rows(cur: Cursor, rows: Sequence[MaskedRow]) -> int:
+    """COPY rows into the temporary table and move the new ones; returns how many."""
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write("\t".join(_copy_text(v) for v in astuple(row)) + "\n")
+    buffer.seek(0)
+    cur.execute("TRUNCATE incoming_logins")
+    cur.copy_expert(f"COPY incoming_logins ({_COLUMN_LIST}) FROM STDIN", buffer)
+    cur.execute(
+        f"INSERT INTO user_logins ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM incoming_logins"
+        " ON CONFLICT (message_id) DO NOTHING"
+    )
+    return cur.rowcount
+
+
+def database_reason(exc: psycopg2.Error) -> str:
+    """The first line of the server's message: it names the problem, not the row."""
+    text = (exc.pgerror or str(exc)).strip().splitlines()
+    return "database refused the record: " + (text[0].removeprefix("ERROR:").strip() if text else type(exc).__name__)
+
+
+def insert_isolating(cur: Cursor, rows: Sequence[MaskedRow]) -> tuple[int, list[tuple[MaskedRow, str]]]:
+    """Insert rows; those the database refuses come back with its reason."""
+    if not rows:
+        return 0, []
+    cur.execute("SAVEPOINT batch_part")
+    try:
+        inserted = insert_rows(cur, rows)
+    except ROW_ERRORS as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT batch_part")
+        if len(rows) == 1:
+            return 0, [(rows[0], database_reason(exc))]
+        middle = len(rows) // 2
+        left, left_bad = insert_isolating(cur, rows[:middle])
+        right, right_bad = insert_isolating(cur, rows[middle:])
+        return left + right, left_bad + right_bad
+    cur.execute("RELEASE SAVEPOINT batch_part")
+    return inserted, []
+
+
+def record_dead_letters(cur: Cursor, reasons: dict[str, str]) -> set[str]:
+    """Note dead letters; returns the ids not noted before (to send to the DLQ)."""
+    if not reasons:
+        return set()
+    cur.execute(
+        "INSERT INTO dead_letters (message_id, reason)"
+        " SELECT * FROM unnest(%s::varchar[], %s::text[])"
+        " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+        (list(reasons), list(reasons.values())),
+    )
+    return {row[0] for row in cur.fetchall()}
+
+
+def record_batch(cur: Cursor, task_id: str | None, counts: BatchCounts, seconds: float) -> None:
+    cur.execute(
+        "INSERT INTO ingest_batches (task_id, received, inserted, duplicates, dead_lettered,"
+        " non_address_ips, seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (task_id, *astuple(counts), seconds),
+    )
+
+
+def totals(conn: Connection) -> dict[str, int]:
+    """Pipeline totals from the ledger and the table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT count(*) FROM user_logins),"
+            " (SELECT count(*) FROM dead_letters),"
+            " coalesce(sum(received), 0), coalesce(sum(inserted), 0),"
+            " coalesce(sum(duplicates), 0), coalesce(sum(dead_lettered), 0), count(*)"
+            " FROM ingest_batches"
+        )
+        row = cur.fetchone()
+    conn.rollback()
+    keys = ("rows", "dead_letters", "received", "inserted", "duplicates", "dead_lettered", "batches")
+    return dict(zip(keys, map(int, row), strict=True))
