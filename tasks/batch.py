@@ -26,7 +26,7 @@ import celeryconfig as config
 from tasks import store
 from tasks.celery import app
 from tasks.deadletter import DeadLetterError, DeadLetterQueue
-from tasks.keys import load_key_ring
+from tasks.keys import MaskingKeyError, load_key_ring
 from tasks.masking import Masker
 from tasks.records import DeadLetter, LoginEvent, SourceMessage, parse_batch
 
@@ -47,7 +47,11 @@ def load_masker() -> Masker:
 
 @worker_init.connect
 def _check_masking_key(**_: Any) -> None:
-    load_masker()  # fail at start, not on the first batch
+    """Fail at start, not on the first batch (Celery's signals swallow Exception)."""
+    try:
+        load_masker()
+    except (MaskingKeyError, ValueError) as exc:
+        raise StartupRefused(f"worker refused to start: {exc}") from None
 
 
 @dataclass
@@ -55,7 +59,6 @@ class Pipeline:
     """What a worker process keeps between batches."""
 
     masker: Masker
-    dead_letters: DeadLetterQueue
     _conn: store.Connection | None = field(default=None, repr=False)
 
     def connection(self) -> store.Connection:
@@ -71,7 +74,13 @@ class Pipeline:
 
 @cache
 def pipeline() -> Pipeline:
-    return Pipeline(load_masker(), DeadLetterQueue(config.DEAD_LETTER_QUEUE, config.DEAD_LETTER_KEEP_BODY))
+    return Pipeline(load_masker())
+
+
+@cache
+def dead_letter_queue() -> DeadLetterQueue:
+    """Apart from the pipeline, so that a batch can be dead-lettered when masking fails."""
+    return DeadLetterQueue(config.DEAD_LETTER_QUEUE, config.DEAD_LETTER_KEEP_BODY)
 
 
 def mask_event(event: LoginEvent, masker: Masker) -> tuple[store.MaskedRow, bool]:
@@ -108,7 +117,7 @@ def write_batch(pipe: Pipeline, messages: list[SourceMessage], task_id: str | No
             letters += [DeadLetter(by_id[row.message_id], reason) for row, reason in refused]
             unique = {letter.message.message_id: letter for letter in letters}
             new = store.record_dead_letters(cur, {i: letter.reason for i, letter in unique.items()})
-            pipe.dead_letters.send(letter for i, letter in unique.items() if i in new)
+            dead_letter_queue().send(letter for i, letter in unique.items() if i in new)
             counts = store.BatchCounts(
                 received=len(messages),
                 inserted=inserted,
@@ -150,7 +159,7 @@ def give_up(messages: list[SourceMessage], reason: str) -> dict[str, Any]:
     """Send a whole batch to the dead-letter path. If SQS refuses this too, the
     task fails and its message stays for the batch queue's own redrive policy."""
     log.error("batch of %d messages dead-lettered: %s", len(messages), reason)
-    sent = pipeline().dead_letters.send(DeadLetter(m, reason) for m in messages)
+    sent = dead_letter_queue().send(DeadLetter(m, reason) for m in messages)
     return {"received": len(messages), "dead_lettered": sent, "gave_up": reason}
 
 

@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, metavar="N", help="seed N events first")
     s.add_argument("--flower", action="store_true", help="also run Flower in drain mode")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--timeout", type=float, default=900, help="give up draining after this many seconds")
     s.set_defaults(func=_run)
 
     s = sub.add_parser("status", help="queue depths, rows and dead letters")

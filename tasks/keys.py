@@ -45,9 +45,9 @@ class KeyRing:
 def parse_key_ring(text: str) -> KeyRing:
     """Read "version:base64" entries, separated by commas or new lines."""
     keys: dict[int, bytes] = {}
-    for entry in text.replace(",", "\n").splitlines():
-        entry = entry.strip()
-        if not entry or entry.startswith("#"):
+    lines = [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
+    for entry in (e.strip() for line in lines for e in line.split(",")):
+        if not entry:
             continue
         version, _, encoded = entry.partition(":")
         key = base64.b64decode(encoded.strip(), validate=True)

@@ -89,20 +89,27 @@ def summarise(before: dict[str, int], after: dict[str, int], seconds: float) -> 
 
 def progress() -> dict:
     report = status.collect()
-    db, source = report["database"], report["queues"][config.SOURCE_QUEUE]
+    db, queues = report["database"], report["queues"]
+    source, batches = queues[config.SOURCE_QUEUE], queues[f"celery:{config.BATCH_QUEUE}"]
     print(
-        f"  rows {db['rows']}  dead letters {db['dead_letters']}  "
-        f"login-queue {source['visible']} waiting, {source['in_flight']} in flight",
+        f"  rows {db['rows']}  dead letters {db['dead_letters']}  login-queue {source['visible']}"
+        f"+{source['in_flight']}  batches {batches['visible']}+{batches['in_flight']}",
         file=sys.stderr,
         flush=True,
     )
     return report
 
 
-def wait_until_drained(poll: float = 1.0, settle: int = 2) -> None:
+class DrainTimeout(RuntimeError):
+    pass
+
+
+def wait_until_drained(timeout: float, poll: float = 1.0, settle: int = 2) -> None:
     """Until login-queue and the batch queue were empty `settle` polls in a row."""
-    quiet = 0
+    quiet, deadline = 0, time.monotonic() + timeout
     while quiet < settle:
+        if time.monotonic() > deadline:
+            raise DrainTimeout(f"queues not empty after {timeout:.0f} s; see `python -m tasks status` and the logs")
         time.sleep(poll)
         quiet = quiet + 1 if status.pipeline_idle(progress()) else 0
 
@@ -115,7 +122,17 @@ def watch(running: dict[str, subprocess.Popen], poll: float = 5.0) -> None:
     stack.say(f"{', '.join(ended)} exited; see its log")
 
 
-def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False) -> int:
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the run like Ctrl-C, so the children get their warm shutdown."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, timeout: float = 900) -> int:
+    _stop_on_sigterm()
     stack.up()
     if seed_count:
         bodies = [body for body, _ in seed.generate(seed_count)]
@@ -130,11 +147,14 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False) 
             stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT}")
         try:
             if drain:
-                wait_until_drained()
+                wait_until_drained(timeout)
             else:
                 watch(running)
         except KeyboardInterrupt:
             stack.say("stopping")
+        except DrainTimeout as exc:
+            stack.say(str(exc))
+            return 1
     summary = summarise(before, status.collect()["database"], time.monotonic() - started)
     print(json.dumps(summary.__dict__) if as_json else summary)
     return 0
