@@ -35,6 +35,8 @@ def _bool(name: str, default: bool) -> bool:
 # --- The embedded stack --------------------------------------------------------
 STACK_DIR = Path(_env("STACK_DIR", str(Path(__file__).resolve().parent / ".stack")))
 LOCALSTACK_PORT = _int("LOCALSTACK_PORT", 4566)
+# LocalStack's own virtual environment (its pins never touch the app's).
+LOCALSTACK_VENV = Path(_env("LOCALSTACK_VENV", str(STACK_DIR / "localstack-venv")))
 
 # --- AWS: SQS (source, dead letters, Celery's broker) ---------------------------
 AWS_REGION = _env("AWS_DEFAULT_REGION", "us-east-1")

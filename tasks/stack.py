@@ -30,7 +30,7 @@ LOCALSTACK_REQUIREMENTS = ROOT / "requirements-localstack.txt"
 def _paths() -> dict[str, Path]:
     d = config.STACK_DIR
     return {
-        "venv": d / "localstack-venv",
+        "venv": config.LOCALSTACK_VENV,
         "pid": d / "localstack.pid",
         "log": d / "localstack.log",
         "fs": d / "localstack-fs",

@@ -1,0 +1,90 @@
+"""A real test stack for the whole session: LocalStack, PostgreSQL and Celery workers.
+
+The test stack is the embedded stack in a private STACK_DIR, on its own LocalStack
+port and PostgreSQL server, so a developer's running stack is never touched. It
+reuses the LocalStack install in .stack/localstack-venv (made once, on first use).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_DIR = Path(os.environ.get("TEST_STACK_DIR") or tempfile.mkdtemp(prefix="login-pipeline-test-"))
+TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+
+# Before anything imports celeryconfig, which reads the environment once.
+os.environ.pop("DATABASE_URL", None)
+os.environ.update(
+    STACK_DIR=str(STACK_DIR),
+    LOCALSTACK_PORT=os.environ.get("TEST_LOCALSTACK_PORT", "4599"),
+    LOCALSTACK_VENV=str(ROOT / ".stack" / "localstack-venv"),
+    SQS_ENDPOINT_URL="http://localhost:" + os.environ.get("TEST_LOCALSTACK_PORT", "4599"),
+    MASKING_KEYS=f"1:{TEST_KEY}",
+    FETCH_INTERVAL="1",
+    FETCH_MAX_SECONDS="5",
+    RETRY_BACKOFF_MAX="4",
+)
+
+import celeryconfig as config  # noqa: E402
+from tasks import aws, store  # noqa: E402
+from tests.helpers import Worker  # noqa: E402
+
+
+def python_m_tasks(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tasks", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def test_stack() -> Iterator[None]:
+    result = python_m_tasks("stack", "up")
+    assert result.returncode == 0, result.stderr
+    yield
+    python_m_tasks("stack", "down")
+
+
+@pytest.fixture(scope="session")
+def database_url(test_stack: None) -> str:
+    return config.database_url()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[store.Connection]:
+    conn = store.connect(database_url)
+    yield conn
+    conn.close()
+
+
+def reset_pipeline() -> None:
+    """Empty every queue of the test stack and the pipeline's tables."""
+    sqs = aws.client("sqs")
+    for url in sqs.list_queues().get("QueueUrls", []):
+        sqs.purge_queue(QueueUrl=url)
+    conn = store.connect(config.database_url())
+    with conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE user_logins, dead_letters, ingest_batches")
+    conn.close()
+
+
+@pytest.fixture
+def clean(test_stack: None) -> None:
+    reset_pipeline()
+
+
+@pytest.fixture(scope="module")
+def worker(test_stack: None) -> Iterator[Worker]:
+    """One worker with embedded beat for a test module."""
+    w = Worker(f"test-{os.getpid()}-{time.monotonic_ns()}", beat=True)
+    yield w
+    w.stop()

@@ -1,0 +1,90 @@
+"""End to end with a real worker and beat: login-queue -> user_logins / login-queue-dlq."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import celeryconfig as config
+from tasks import aws, seed, status, store
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+def drained(db, expected: int) -> dict[str, int]:
+    def done() -> dict[str, int] | None:
+        totals = store.totals(db)
+        return totals if totals["received"] >= expected and status.pipeline_idle(status.collect()) else None
+
+    return wait_until(done, timeout=120, what=f"{expected} messages processed")
+
+
+def dead_letters() -> list[dict]:
+    sqs, url, found = aws.client("sqs"), aws.queue_url(config.DEAD_LETTER_QUEUE), []
+    while got := sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=30
+    ).get("Messages"):
+        found += got
+    return found
+
+
+def test_the_exercise_sample_flows_masked_into_the_table(worker, db) -> None:
+    seed.send(config.SOURCE_QUEUE, seed.sample_bodies())
+    totals = drained(db, 100)
+    assert (totals["rows"], totals["dead_letters"], totals["duplicates"]) == (99, 1, 0)
+
+    with db.cursor() as cur:
+        cur.execute("SELECT masked_ip, masked_device_id, app_version, create_date FROM user_logins")
+        rows = cur.fetchall()
+    db.rollback()
+    raw = {(e["ip"], e["device_id"]) for e in map(json.loads, seed.sample_bodies()) if "ip" in e}
+    stored = {value for r in rows for value in r[:2]}
+    assert not stored & {v for pair in raw for v in pair}
+    assert all(ip.startswith("h1:") and dev.startswith("h1:") for ip, dev, *_ in rows)
+
+    [letter] = dead_letters()
+    assert letter["MessageAttributes"]["reason"]["StringValue"] == "user_id is missing"
+    assert json.loads(letter["Body"]) == {"foo": "oops_wrong_msg_type", "bar": "123"}
+
+
+def send_with_ids(messages: dict[str, str]) -> None:
+    """Send bodies under fixed message ids, as a redelivery or a redrive carries them."""
+    sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
+    for chunk in aws.chunks(list(messages.items())):
+        entries = [
+            {
+                "Id": str(i),
+                "MessageBody": body,
+                "MessageAttributes": {"source_message_id": {"DataType": "String", "StringValue": mid}},
+            }
+            for i, (mid, body) in enumerate(chunk)
+        ]
+        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+
+
+def test_redelivered_messages_add_no_rows_and_are_counted(worker, db) -> None:
+    messages = {f"id-{n}": body for n, (body, _) in enumerate(seed.generate(300))}
+    send_with_ids(messages)
+    first = drained(db, 300)
+    assert first["rows"] + first["dead_letters"] == 300 and first["duplicates"] == 0
+    send_with_ids(messages)  # every message delivered a second time
+    second = drained(db, 600)
+    assert (second["rows"], second["dead_letters"]) == (first["rows"], first["dead_letters"])
+    assert second["duplicates"] == 300
+    assert len(dead_letters()) == first["dead_letters"]  # and none dead-lettered twice
+
+
+def test_a_batch_with_bad_records_inserts_the_good_ones(worker, db) -> None:
+    good = [b for b, valid in seed.generate(40) if valid]
+    bad = ["{oops", '{"user_id": "u", "app_version": "one"}', '{"user_id": "u", "locale": "%s"}' % ("L" * 40)]
+    seed.send(config.SOURCE_QUEUE, good[:20] + bad + good[20:])
+    totals = drained(db, len(good) + 3)
+    assert totals["rows"] == len(good) and totals["dead_letters"] == 3
+    reasons = sorted(m["MessageAttributes"]["reason"]["StringValue"] for m in dead_letters())
+    assert reasons == [
+        "app_version is not a dotted number of up to three parts",
+        "body is not JSON",
+        "locale is longer than 32 characters",
+    ]

@@ -1,0 +1,85 @@
+"""Parse and validate: every message becomes a LoginEvent or a DeadLetter with a reason."""
+
+import json
+from datetime import date
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tasks.records import LoginEvent, SourceMessage, parse_batch, parse_event
+from tasks.seed import sample_bodies
+
+SENT = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
+
+
+def message(body: str, message_id: str = "m-1") -> SourceMessage:
+    return SourceMessage(message_id, SENT, body)
+
+
+def test_the_exercise_sample() -> None:
+    events, dead = parse_batch([message(b, f"m-{i}") for i, b in enumerate(sample_bodies())])
+    assert len(events) == 99 and [d.reason for d in dead] == ["user_id is missing"]
+    assert sum(e.locale is None for e in events) == 29
+
+
+def test_an_event_keeps_its_fields_and_the_sent_date() -> None:
+    body = {
+        "user_id": "u",
+        "app_version": "2.3.0",
+        "device_type": "android",
+        "ip": "1.2.3.4",
+        "locale": "RU",
+        "device_id": "593-47-5928",
+        "extra": "ignored",
+    }
+    assert parse_event(message(json.dumps(body))) == LoginEvent(
+        "m-1", "u", "android", "1.2.3.4", "593-47-5928", "RU", 2_003_000, date(2023, 11, 14)
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("{not json", "body is not JSON"),
+        ("[1, 2]", "body is not a JSON object"),
+        ('{"foo": "oops_wrong_msg_type", "bar": "123"}', "user_id is missing"),
+        ('{"user_id": "  "}', "user_id is missing"),
+        ('{"user_id": 7}', "user_id is not a string"),
+        ('{"user_id": "u", "ip": 12}', "ip is not a string"),
+        ('{"user_id": "u", "app_version": "1.2.3.4"}', "app_version is not a dotted number of up to three parts"),
+        ('{"user_id": "u", "locale": "a\\u0000b"}', "locale contains a NUL byte"),
+        ('{"user_id": "u", "device_type": "%s"}' % ("x" * 33), "device_type is longer than 32 characters"),
+        ('{"user_id": "u", "device_id": "\\ud800"}', "device_id is not valid Unicode text"),
+    ],
+)
+def test_bad_records_get_a_reason_that_shows_no_value(body: str, reason: str) -> None:
+    events, dead = parse_batch([message(body)])
+    assert events == [] and [d.reason for d in dead] == [reason]
+
+
+def test_nulls_and_missing_fields_are_null_columns() -> None:
+    event = parse_event(message('{"user_id": "u", "ip": null}'))
+    assert (event.ip, event.device_id, event.locale, event.app_version) == (None, None, None, None)
+
+
+@given(st.one_of(st.text(), st.binary().map(lambda b: b.decode("latin-1"))))
+def test_any_text_is_an_event_or_a_dead_letter(body: str) -> None:
+    events, dead = parse_batch([message(body)])
+    assert len(events) + len(dead) == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=10,
+)
+fields = st.sampled_from(["user_id", "app_version", "device_type", "ip", "locale", "device_id", "other"])
+
+
+@given(st.dictionaries(fields, json_values | st.text()))
+def test_any_json_object_is_an_event_or_a_dead_letter(record: dict) -> None:
+    events, dead = parse_batch([message(json.dumps(record))])
+    assert len(events) + len(dead) == 1
+    if events:
+        assert isinstance(events[0].user_id, str) and events[0].user_id.strip()

@@ -1,0 +1,51 @@
+"""The store against a real PostgreSQL: schema, idempotency, isolating refused rows."""
+
+from datetime import date
+
+import psycopg2
+import pytest
+
+from tasks import store
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+def row(message_id: str, locale: str | None = "RU") -> store.MaskedRow:
+    return store.MaskedRow(message_id, "u", "ios", "h1:ip", "h1:dev", locale, 2_003_000, date(2026, 1, 2))
+
+
+def test_a_message_written_twice_is_one_row_and_a_repeat_login_is_another(db) -> None:
+    with db.cursor() as cur:
+        assert store.insert_rows(cur, [row("a"), row("a"), row("b")]) == 2
+        assert store.insert_rows(cur, [row("a")]) == 0
+    db.commit()
+
+
+def test_refused_rows_are_isolated_and_the_rest_inserted(db) -> None:
+    with db.cursor() as cur:
+        cur.execute("ALTER TABLE user_logins ADD CONSTRAINT no_xx CHECK (locale IS DISTINCT FROM 'XX')")
+        try:
+            rows = [row(f"m{i}", "XX" if i in (3, 17) else "RU") for i in range(20)]
+            inserted, refused = store.insert_isolating(cur, rows)
+            assert inserted == 18
+            assert [r.message_id for r, _ in refused] == ["m3", "m17"]
+            assert all("violates check constraint" in reason for _, reason in refused)
+        finally:
+            db.rollback()
+
+
+def test_init_sql_applies_again_and_over_the_exercise_table(database_url: str) -> None:
+    conn = psycopg2.connect(database_url)
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA exercise; SET search_path TO exercise")
+        cur.execute(
+            "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256),"
+            " masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)"
+        )
+        cur.execute("INSERT INTO user_logins (user_id) VALUES ('old row')")
+        cur.execute(store.INIT_SQL.read_text())
+        cur.execute(store.INIT_SQL.read_text())
+        cur.execute("SELECT count(*), count(message_id) FROM user_logins")
+        assert cur.fetchone() == (1, 0)
+        conn.rollback()
+    conn.close()
