@@ -146,7 +146,7 @@ result_backend = None
 # redrive policy rather than deleted.
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = False
+task_acks_on_failure = False
 worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1)
 worker_concurrency = _int("WORKER_CONCURRENCY", 2)
 worker_max_memory_per_child = _int("WORKER_MAX_MEMORY_KB", 400_000)

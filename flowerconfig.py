@@ -5,6 +5,12 @@ on 127.0.0.1 only, as the embedded stack runs it. The pipeline's own counters jo
 Flower's /metrics (tasks.metrics).
 """
 
+import os
+import sys
+
+# Flower reads this file before Celery puts the working directory on sys.path.
+sys.path.insert(0, os.getcwd())
+
 import celeryconfig as config
 from tasks import metrics
 
@@ -12,7 +18,10 @@ address = config.FLOWER_ADDRESS
 port = config.FLOWER_PORT
 if config.FLOWER_BASIC_AUTH:
     basic_auth = [config.FLOWER_BASIC_AUTH]
-elif address not in ("127.0.0.1", "localhost"):
+elif address in ("127.0.0.1", "localhost"):
+    # Open on the loopback only (the embedded stack); Flower 2 closes its API without auth.
+    os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+else:
     raise SystemExit("Flower on a non-local address needs FLOWER_BASIC_AUTH")
 # Task arguments are shown as their argsrepr ("batch of 250 messages"), never records.
 max_tasks = 10000

@@ -1,4 +1,4 @@
-"""The `python -m tasks` commands: stack, seed, run, status."""
+"""The `python -m tasks` commands: stack, seed, run, status (and their options)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import celeryconfig as config
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from tasks import stack
+    from tasks import stack, sweep
 
+    if args.action == "sweep":
+        print(sweep.sweep(args.older_than))
+        return 0
     {"up": stack.up, "down": stack.down, "init": stack.init}[args.action]()
     return 0
 
@@ -44,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("stack", help="start or stop the embedded LocalStack and PostgreSQL")
-    s.add_argument("action", choices=["up", "down", "init"])
+    s.add_argument("action", choices=["up", "down", "init", "sweep"])
+    s.add_argument("--older-than", type=float, default=3600, help="sweep: seconds a queue must have lived")
     s.set_defaults(func=_stack)
 
     s = sub.add_parser("seed", help="send events to login-queue (default: the exercise's 100)")

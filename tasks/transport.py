@@ -20,25 +20,40 @@ box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
 
 Clean-up: SQS has no auto-delete queues. The per-process queues that kombu declares
 ``auto_delete`` (event receivers, pidbox and reply queues) are deleted, with their SNS
-subscriptions, when the channel closes; reply queues are kept for reuse until then,
-since SQS refuses to re-create a queue name within 60 s of deleting it.
+subscriptions, when the channel closes, and channels still open when the process exits
+are closed then (pooled connections are otherwise never closed). Reply queues are kept
+for reuse until then, since SQS refuses to re-create a queue name within 60 s of
+deleting it. A process killed outright leaves its queues to `python -m tasks stack sweep`.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 from typing import Any
 
 from kombu.transport import SQS
 
 log = logging.getLogger(__name__)
 REPLY_EXCHANGE_SUFFIX = ".pidbox"
+_open_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_channels() -> None:
+    for channel in list(_open_channels):
+        try:
+            channel.close()
+        except Exception as exc:  # the broker may be gone; nothing more to do at exit
+            log.debug("could not close channel at exit: %r", exc)
 
 
 class Channel(SQS.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._own_queues: set[str] = set()
+        _open_channels.add(self)
 
     @property
     def fanout_exchanges(self) -> frozenset[str]:
@@ -72,6 +87,7 @@ class Channel(SQS.Channel):
         """Keep the reply queue for the next call; it is deleted on close."""
 
     def close(self) -> None:
+        _open_channels.discard(self)
         own, self._own_queues = self._own_queues, set()
         if not self.closed:
             for queue in own:

@@ -1,0 +1,148 @@
+"""Remote control, task events and Flower on the SQS broker (tasks.transport).
+
+Every test talks to a real worker process over the test stack's LocalStack; this
+test process plays the client (`celery inspect`, an event listener), so it has no
+kombu event loop, like the real clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from celery.events.event import get_exchange
+from kombu import Connection, Exchange, Producer
+
+import celeryconfig as config
+from tasks import aws, seed
+from tasks.celery import app
+from tasks.transport import Transport
+from tests.helpers import ROOT, wait_until
+
+pytestmark = pytest.mark.usefixtures("test_stack")
+FLOWER_PORT = 5599
+
+
+def queue_names() -> set[str]:
+    urls = aws.client("sqs").list_queues(QueueNamePrefix=config.CELERY_QUEUE_PREFIX).get("QueueUrls", [])
+    return {u.rsplit("/", 1)[1] for u in urls}
+
+
+def test_fanout_is_declared_so_celery_enables_remote_control() -> None:
+    assert "fanout" in Transport.implements.exchange_type
+    with app.connection_for_write() as conn:
+        assert conn.transport.implements.exchange_type >= {"direct", "fanout"}
+
+
+def test_inspect_ping_gets_a_reply_from_the_worker(worker) -> None:
+    replies = app.control.inspect(timeout=5).ping()
+    assert replies and any(name.startswith(worker.name) for name in replies)
+
+
+def test_the_cli_gets_its_reply_and_leaves_no_reply_queue(worker) -> None:
+    before = {q for q in queue_names() if "reply" in q}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "--timeout", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "pong" in result.stdout, result.stderr
+    assert {q for q in queue_names() if "reply" in q} == before
+
+
+def test_a_reply_with_no_local_binding_reaches_the_queue_named_after_its_routing_key() -> None:
+    reply_queue = app.control.mailbox(app.connection_for_write()).reply_queue
+    with app.connection_for_write() as client:
+        reply_queue(client.default_channel).declare()
+    with app.connection_for_write() as replier:  # another connection: no binding known there
+        exchange = Exchange(reply_queue.exchange.name, "direct", durable=False)
+        Producer(replier.default_channel).publish(
+            {"hello": 1}, exchange=exchange, routing_key=reply_queue.routing_key, declare=[exchange]
+        )
+    with app.connection_for_write() as client:
+        bound = reply_queue(client.default_channel)
+        message = wait_until(lambda: bound.get(no_ack=True), timeout=10, what="the reply")
+        assert message.payload == {"hello": 1}
+        # point 4: the no-ack message was deleted without an event loop, so it is gone
+        assert bound.get(no_ack=True) is None
+
+
+def test_task_events_reach_a_listener_in_another_process(worker) -> None:
+    seen: list[str] = []
+    with Connection(
+        config.broker_url, transport=config.broker_transport, transport_options=config.broker_transport_options
+    ) as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": lambda event: seen.append(event["type"])})
+        listener = threading.Thread(target=receiver.capture, kwargs={"limit": None, "wakeup": False}, daemon=True)
+        listener.start()
+        try:
+            channel = conn.channel()
+            get_exchange(conn)(channel).declare()  # as Celery's event dispatcher declares it
+            assert channel.state.exchanges["celeryev"]["type"] == "fanout"
+            time.sleep(3)  # the listener's queue is subscribed to the SNS topic
+            seed.send(config.SOURCE_QUEUE, seed.sample_bodies()[:10])
+            wait_until(lambda: "task-succeeded" in seen, timeout=60, what="a task-succeeded event")
+        finally:
+            receiver.should_stop = True
+            listener.join(timeout=10)
+    assert "task-received" in seen
+
+
+@pytest.fixture
+def flower(worker):
+    env = {**os.environ, "FLOWER_PORT": str(FLOWER_PORT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: api("/healthcheck") == "OK", timeout=30, what="Flower")
+    yield process
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def api(path: str) -> object:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{FLOWER_PORT}{path}", timeout=10) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    return body if path in ("/healthcheck", "/metrics") else json.loads(body)
+
+
+def test_flower_shows_workers_tasks_and_pipeline_metrics(flower, worker) -> None:
+    assert wait_until(
+        lambda: any(n.startswith(worker.name) for n in api("/api/workers?refresh=1") or {}),
+        timeout=30,
+        what="the worker in Flower",
+    )
+    seed.send(config.SOURCE_QUEUE, seed.sample_bodies())
+
+    def succeeded() -> list[dict]:
+        tasks = api("/api/tasks?taskname=tasks.mask_and_insert&state=SUCCESS") or {}
+        return list(tasks.values())
+
+    task = wait_until(succeeded, timeout=60, what="a succeeded batch in Flower")[0]
+    assert task["runtime"] > 0 and task["args"].startswith("batch of ")
+    assert "ip" not in task["args"] and "device_id" not in task["args"]
+    metrics = api("/metrics")
+    assert "login_pipeline_rows_inserted_total" in metrics and "login_pipeline_dead_lettered_total" in metrics
+    assert 'flower_events_total{task="tasks.mask_and_insert",type="task-succeeded"' in metrics
+
+
+def test_flower_removes_its_event_queue_when_it_exits(flower) -> None:
+    created = wait_until(lambda: {q for q in queue_names() if "celeryev" in q}, timeout=30, what="event queue")
+    flower.terminate()
+    flower.wait(timeout=30)
+    assert not created & queue_names()
