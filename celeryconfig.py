@@ -151,8 +151,9 @@ worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1)
 worker_concurrency = _int("WORKER_CONCURRENCY", 2)
 worker_max_memory_per_child = _int("WORKER_MAX_MEMORY_KB", 400_000)
 worker_hijack_root_logger = False
-task_time_limit = TASK_VISIBILITY_TIMEOUT - 30
-task_soft_time_limit = TASK_VISIBILITY_TIMEOUT - 60
+# A batch is killed well before SQS would hand its message to another worker.
+task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
+task_soft_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.6)
 
 # Task events feed Flower. Sent without persistent delivery to keep them cheap.
 worker_send_task_events = _bool("WORKER_SEND_TASK_EVENTS", True)

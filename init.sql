@@ -37,3 +37,43 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
     seconds             double precision NOT NULL DEFAULT 0,
     finished_at         timestamptz NOT NULL DEFAULT now()
 );
+
+-- Every recovery of a masked value: who, when, which token, why. Append-only for the
+-- recovery role (no select, update or delete).
+CREATE TABLE IF NOT EXISTS unmask_audit (
+    id                  bigserial PRIMARY KEY,
+    recovered_by        text NOT NULL DEFAULT current_user,
+    os_user             text,
+    recovered_at        timestamptz NOT NULL DEFAULT now(),
+    field               text NOT NULL,
+    token               text NOT NULL,
+    reason              text NOT NULL CHECK (length(trim(reason)) > 0)
+);
+
+-- Least-privilege roles (NOLOGIN: grant them to login users of your own).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'login_pipeline_writer') THEN
+        CREATE ROLE login_pipeline_writer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'login_analyst') THEN
+        CREATE ROLE login_analyst NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'login_recovery') THEN
+        CREATE ROLE login_recovery NOLOGIN;
+    END IF;
+END
+$$;
+
+-- The pipeline writes rows and its ledger. It may read message ids only: ON CONFLICT
+-- (message_id) needs that, and RETURNING message_id on dead_letters too.
+GRANT INSERT ON user_logins, ingest_batches TO login_pipeline_writer;
+GRANT SELECT (message_id) ON user_logins TO login_pipeline_writer;
+GRANT INSERT, SELECT (message_id) ON dead_letters TO login_pipeline_writer;
+GRANT USAGE ON SEQUENCE ingest_batches_id_seq TO login_pipeline_writer;
+-- The analyst reads the masked table and nothing else.
+GRANT SELECT ON user_logins TO login_analyst;
+-- Recovery reads tokens and can only append to the audit.
+GRANT SELECT ON user_logins TO login_recovery;
+GRANT INSERT ON unmask_audit TO login_recovery;
+GRANT USAGE ON SEQUENCE unmask_audit_id_seq TO login_recovery;

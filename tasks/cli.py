@@ -1,4 +1,4 @@
-"""The `python -m tasks` commands: stack, seed, run, status (and their options)."""
+"""The `python -m tasks` commands: stack, seed, run, redrive, unmask, rekey, status."""
 
 from __future__ import annotations
 
@@ -42,6 +42,47 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    from tasks.redrive import redrive
+
+    print(redrive(limit=args.limit, dry_run=args.dry_run))
+    return 0
+
+
+def _unmask(args: argparse.Namespace) -> int:
+    from tasks import recovery, store
+    from tasks.batch import load_masker
+
+    conn = store.connect(config.database_url())
+    try:
+        tokens = recovery.tokens_from_query(conn, args.query) if args.query else args.tokens
+        for token, value in zip(
+            tokens, recovery.unmask(conn, load_masker(), args.field, tokens, args.reason), strict=True
+        ):
+            print(f"{token}\t{value}")
+    except (recovery.RecoveryRefused, recovery.TokenError) as exc:
+        print(f"refused: {exc}")
+        return 2
+    finally:
+        conn.close()
+    return 0
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    from tasks import recovery, store
+    from tasks.batch import load_masker
+
+    conn = store.connect(config.database_url())
+    try:
+        print(f"re-keyed {recovery.rekey(conn, load_masker(), args.batch)} rows")
+    except recovery.RecoveryRefused as exc:
+        print(f"refused: {exc}")
+        return 2
+    finally:
+        conn.close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks", description="The login pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -62,6 +103,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--timeout", type=float, default=900, help="give up draining after this many seconds")
     s.set_defaults(func=_run)
+
+    s = sub.add_parser("redrive", help="move dead letters back to login-queue once their cause is fixed")
+    s.add_argument("--dry-run", action="store_true", help="only report what would move, by reason")
+    s.add_argument("--limit", type=int, help="move at most this many")
+    s.set_defaults(func=_redrive)
+
+    s = sub.add_parser("unmask", help="recover masked values (siv mode, with the key), audited")
+    s.add_argument("--field", choices=["ip", "device_id"], required=True)
+    s.add_argument("--reason", required=True, help="why; written to unmask_audit with each value")
+    s.add_argument("--query", help="a read-only query whose first column holds the tokens")
+    s.add_argument("tokens", nargs="*")
+    s.set_defaults(func=_unmask)
+
+    s = sub.add_parser("rekey", help="re-tokenise rows to the newest key version (siv mode), resumable")
+    s.add_argument("--batch", type=int, default=1000)
+    s.set_defaults(func=_rekey)
 
     s = sub.add_parser("status", help="queue depths, rows and dead letters")
     s.add_argument("--json", action="store_true")

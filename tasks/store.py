@@ -32,6 +32,13 @@ COLUMNS = (
     "create_date",
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
+# Spelled out, not LIKE user_logins: the writer role may not read user_logins.
+INCOMING_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS incoming_logins (
+    message_id varchar(128), user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
+    masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date
+) ON COMMIT DELETE ROWS
+"""
 # Errors tied to the values of some rows, as opposed to the server or the schema.
 ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
 
@@ -60,13 +67,10 @@ class BatchCounts:
     non_address_ips: int = 0
 
 
-def connect(url: str) -> Connection:
-    conn = psycopg2.connect(url, connect_timeout=5, application_name="login-pipeline")
+def connect(url: str, **options: str) -> Connection:
+    conn = psycopg2.connect(url, connect_timeout=5, application_name="login-pipeline", **options)
     with conn.cursor() as cur:
-        cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS incoming_logins"
-            " (LIKE user_logins INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+        cur.execute(INCOMING_TABLE)
     conn.commit()
     return conn
 

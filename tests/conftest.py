@@ -32,7 +32,11 @@ os.environ.update(
     MASKING_KEYS=f"1:{TEST_KEY}",
     FETCH_INTERVAL="1",
     FETCH_MAX_SECONDS="5",
-    RETRY_BACKOFF_MAX="4",
+    # Short enough that a crashed worker's messages come back within a test.
+    TASK_VISIBILITY_TIMEOUT="30",
+    SOURCE_VISIBILITY_TIMEOUT="15",
+    BATCH_MAX_RETRIES="12",
+    RETRY_BACKOFF_MAX="8",
 )
 
 import celeryconfig as config  # noqa: E402

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +33,12 @@ class Worker:
             command.append("--beat")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                command,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
             )
         self.wait_for("ready.")
 
@@ -37,6 +48,11 @@ class Worker:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"{self.name}: no {text!r} in {timeout} s"
             time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a crash would."""
+        os.killpg(self.process.pid, 9)
+        self.process.wait(timeout=30)
 
     def stop(self, sig: int = 15) -> int:
         if self.process.poll() is None:
@@ -50,3 +66,76 @@ def wait_until(predicate: Callable[[], T], timeout: float = 60, poll: float = 0.
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(poll)
     return value
+
+
+class Outage:
+    """A TCP proxy in front of a port, whose traffic a test can cut and restore.
+
+    While cut, the listening socket is closed and every open connection dropped, so
+    clients see connection refused and resets: the endpoint is unreachable.
+    """
+
+    def __init__(self, listen_port: int, target_port: int) -> None:
+        self.listen_port, self.target_port = listen_port, target_port
+        self.server: socket.socket | None = None
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.listen_port), reuse_port=True)
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        server, self.server = self.server, None
+        if server:
+            server.close()
+        with self.lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+            self.connections.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            with self.lock:
+                self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def flower_api(port: int, path: str) -> object:
+    """Flower's answer at `path` (JSON decoded, except the health check and metrics)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    return body if path in ("/healthcheck", "/metrics") else json.loads(body)
+
+
+def start_flower(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
+        cwd=ROOT,
+        env={**os.environ, "FLOWER_PORT": str(port), **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: flower_api(port, "/healthcheck") == "OK", timeout=30, what="Flower")
+    return process

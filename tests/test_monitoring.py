@@ -7,13 +7,10 @@ kombu event loop, like the real clients.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from celery.events.event import get_exchange
@@ -23,7 +20,7 @@ import celeryconfig as config
 from tasks import aws, seed
 from tasks.celery import app
 from tasks.transport import Transport
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, flower_api, start_flower, wait_until
 
 pytestmark = pytest.mark.usefixtures("test_stack")
 FLOWER_PORT = 5599
@@ -98,27 +95,14 @@ def test_task_events_reach_a_listener_in_another_process(worker) -> None:
 
 @pytest.fixture
 def flower(worker):
-    env = {**os.environ, "FLOWER_PORT": str(FLOWER_PORT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(lambda: api("/healthcheck") == "OK", timeout=30, what="Flower")
+    process = start_flower(FLOWER_PORT)
     yield process
     process.terminate()
     process.wait(timeout=30)
 
 
 def api(path: str) -> object:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{FLOWER_PORT}{path}", timeout=10) as response:
-            body = response.read().decode()
-    except OSError:
-        return None
-    return body if path in ("/healthcheck", "/metrics") else json.loads(body)
+    return flower_api(FLOWER_PORT, path)
 
 
 def test_flower_shows_workers_tasks_and_pipeline_metrics(flower, worker) -> None:

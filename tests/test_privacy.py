@@ -1,0 +1,169 @@
+"""Pseudonymisation end to end: roles, recovery with audit, rotation, and no raw PII anywhere."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date
+
+import psycopg2
+import pytest
+
+import celeryconfig as config
+from tasks import aws, recovery, seed, store
+from tasks.keys import parse_key_ring
+from tasks.masking import Masker, TokenError
+from tests.helpers import Worker, flower_api, start_flower, wait_until
+from tests.test_faults import settle
+
+pytestmark = pytest.mark.usefixtures("clean")
+KEY1 = f"1:{base64.b64encode(b'k' * 32).decode()}"
+KEY2 = f"2:{base64.b64encode(b'K' * 32).decode()}"
+
+
+def denied(conn, sql: str) -> bool:
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SAVEPOINT probe")
+            cur.execute(sql)
+        except psycopg2.errors.InsufficientPrivilege:
+            cur.execute("ROLLBACK TO SAVEPOINT probe")
+            return True
+        cur.execute("ROLLBACK TO SAVEPOINT probe")
+    return False
+
+
+def as_role(conn, role: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"SET ROLE {role}")
+
+
+@pytest.fixture
+def writer(database_url: str):
+    """A session that is the writer role from its start, as a worker's login would be."""
+    conn = store.connect(database_url, options="-c role=login_pipeline_writer")
+    yield conn
+    conn.close()
+
+
+def test_the_writer_role_can_write_a_batch_and_nothing_more(writer) -> None:
+    db = writer
+    with db.cursor() as cur:
+        row = store.MaskedRow("w-1", "u", "ios", "h1:a", "h1:b", None, 1, date(2026, 1, 1))
+        assert store.insert_isolating(cur, [row]) == (1, [])
+        assert store.record_dead_letters(cur, {"w-2": "body is not JSON"}) == {"w-2"}
+        store.record_batch(cur, "t", store.BatchCounts(2, 1, 0, 1), 0.1)
+    assert denied(db, "SELECT * FROM user_logins")
+    assert denied(db, "DELETE FROM user_logins")
+    assert denied(db, "SELECT reason FROM dead_letters")
+    assert denied(db, "INSERT INTO unmask_audit (field, token, reason) VALUES ('ip', 't', 'r')")
+    db.rollback()
+
+
+def test_the_analyst_reads_user_logins_only(db) -> None:
+    as_role(db, "login_analyst")
+    assert not denied(db, "SELECT * FROM user_logins")
+    for sql in (
+        "SELECT * FROM dead_letters",
+        "SELECT * FROM unmask_audit",
+        "SELECT * FROM ingest_batches",
+        "INSERT INTO user_logins (user_id) VALUES ('x')",
+        "UPDATE user_logins SET locale = 'x'",
+    ):
+        assert denied(db, sql), sql
+    db.rollback()
+
+
+def test_the_recovery_role_can_only_append_to_the_audit(db) -> None:
+    as_role(db, "login_recovery")
+    assert not denied(db, "INSERT INTO unmask_audit (field, token, reason) VALUES ('ip', 't', 'r')")
+    for sql in ("SELECT * FROM unmask_audit", "DELETE FROM unmask_audit", "UPDATE unmask_audit SET reason = 'x'"):
+        assert denied(db, sql), sql
+    db.rollback()
+
+
+def test_unmask_recovers_in_siv_mode_with_an_audit_row(db) -> None:
+    masker = Masker(parse_key_ring(KEY1), "siv")
+    token = masker.mask_ip("010.001.002.003")[0]
+    assert recovery.unmask(db, masker, "ip", [token], "ticket SEC-1") == ["10.1.2.3"]
+    with db.cursor() as cur:
+        cur.execute("SELECT field, token, reason FROM unmask_audit ORDER BY id DESC LIMIT 1")
+        assert cur.fetchone() == ("ip", token, "ticket SEC-1")
+    db.rollback()
+
+
+def test_unmask_is_refused_without_the_key_in_hmac_mode_or_without_a_reason(db) -> None:
+    token = Masker(parse_key_ring(KEY1), "siv").mask_device_id("593-47-5928")
+    with pytest.raises(TokenError):
+        recovery.unmask(db, Masker(parse_key_ring(KEY2.replace("2:", "1:")), "siv"), "device_id", [token], "x")
+    with pytest.raises(recovery.RecoveryRefused):
+        recovery.unmask(db, Masker(parse_key_ring(KEY1), "hmac"), "device_id", [token], "x")
+    with pytest.raises(recovery.RecoveryRefused):
+        recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "device_id", [token], " ")
+
+
+def test_rekey_moves_every_row_to_the_newest_key(db) -> None:
+    old, new = Masker(parse_key_ring(KEY1), "siv"), Masker(parse_key_ring(f"{KEY1},{KEY2}"), "siv")
+    rows = [
+        store.MaskedRow(
+            f"r-{i}", "u", "ios", old.mask_ip(f"10.0.0.{i}")[0], old.mask_device_id(f"d-{i}"), None, 1, date(2026, 1, 1)
+        )
+        for i in range(25)
+    ]
+    with db, db.cursor() as cur:
+        store.insert_rows(cur, rows)
+    assert recovery.rekey(db, new, batch=10) == 25
+    assert recovery.rekey(db, new, batch=10) == 0  # resumable: nothing left
+    with db.cursor() as cur:
+        cur.execute("SELECT masked_ip, masked_device_id FROM user_logins ORDER BY message_id")
+        tokens = cur.fetchall()
+    db.rollback()
+    assert all(ip.startswith("s2:") and dev.startswith("s2:") for ip, dev in tokens)
+    assert sorted(new.unmask("ip", ip) for ip, _ in tokens) == sorted(f"10.0.0.{i}" for i in range(25))
+
+
+def raw_values(bodies: list[str]) -> set[str]:
+    """Every ip and device_id string in the bodies that parse as JSON objects."""
+    found = set()
+    for body in bodies:
+        try:
+            record = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            found |= {v for k in ("ip", "device_id") if isinstance(v := record.get(k), str) and v}
+    return found
+
+
+def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
+    worker = Worker("pii-scan", beat=True, env={"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"})
+    flower = start_flower(5598)
+    try:
+        bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)]
+        raw = raw_values(bodies)
+        wait_until(lambda: flower_api(5598, "/api/tasks"), timeout=60, what="Flower to see task events")
+        seed.send(config.SOURCE_QUEUE, bodies)
+        settle()
+        flower_tasks = json.dumps(flower_api(5598, "/api/tasks"))
+    finally:
+        flower.terminate()
+        worker.stop()
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT row_to_json(t)::text FROM (SELECT * FROM user_logins) t"
+            " UNION ALL SELECT row_to_json(d)::text FROM dead_letters d"
+            " UNION ALL SELECT row_to_json(b)::text FROM ingest_batches b"
+        )
+        tables = "\n".join(r[0] for r in cur.fetchall())
+    db.rollback()
+    sqs, url = aws.client("sqs"), aws.queue_url(config.DEAD_LETTER_QUEUE)
+    letters = json.dumps(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]))
+    assert "mask_and_insert" in flower_tasks and "s1:" in tables and "reason" in letters
+    for place, text in {
+        "worker log": worker.log.read_text(),
+        "Flower": flower_tasks,
+        "tables": tables,
+        "dead letters": letters,
+    }.items():
+        leaked = [value for value in raw if value in text]
+        assert not leaked, f"{len(leaked)} raw values in {place}"
