@@ -84,6 +84,9 @@ PIPELINE_ENV = _env("PIPELINE_ENV", "embedded")
 DATABASE_URL = _env("DATABASE_URL", "")
 DATABASE_URL_FILE = STACK_DIR / "database.url"
 
+# Touched on every worker heartbeat; its age is the liveness probe (tasks/health.py).
+WORKER_HEALTH_FILE = _env("WORKER_HEALTH_FILE", str(STACK_DIR / "worker.alive"))
+
 # --- Flower ----------------------------------------------------------------------
 FLOWER_ADDRESS = _env("FLOWER_ADDRESS", "127.0.0.1")
 FLOWER_PORT = _int("FLOWER_PORT", 5555)

@@ -1,4 +1,4 @@
-"""The `python -m tasks` commands: stack, seed, run, redrive, unmask, rekey, status."""
+"""The `python -m tasks` commands: stack, seed, run, redrive, unmask, rekey, bench, health, status."""
 
 from __future__ import annotations
 
@@ -83,6 +83,22 @@ def _rekey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tasks import bench
+
+    out = Path(args.out)
+    print(bench.report(bench.bench(args.events, out), out))
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from tasks.health import alive
+
+    return 0 if alive(args.max_age) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks", description="The login pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +135,15 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rekey", help="re-tokenise rows to the newest key version (siv mode), resumable")
     s.add_argument("--batch", type=int, default=1000)
     s.set_defaults(func=_rekey)
+
+    s = sub.add_parser("bench", help="throughput of the pipeline against the single-client ceiling")
+    s.add_argument("--events", type=int, default=100_000)
+    s.add_argument("--out", default="bench-results", help="folder for bench.json and throughput.png")
+    s.set_defaults(func=_bench)
+
+    s = sub.add_parser("health", help="exit 0 if this machine's worker sent a heartbeat lately (liveness)")
+    s.add_argument("--max-age", type=float, default=60)
+    s.set_defaults(func=_health)
 
     s = sub.add_parser("status", help="queue depths, rows and dead letters")
     s.add_argument("--json", action="store_true")

@@ -17,6 +17,10 @@ box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
    needs an event loop; a client process (`celery inspect`, Flower's event thread) has
    none and failed with ``'NoneType' object has no attribute 'on_close'``. Without a
    loop they are deleted with the synchronous client.
+5. When SQS is unreachable, kombu's asynchronous receive hands its callback a list
+   instead of a response, and the AttributeError killed the worker ("Unrecoverable
+   error"). A failed receive is taken as no messages; the worker polls again after
+   its polling interval and carries on once SQS is back.
 
 Clean-up: SQS has no auto-delete queues. The per-process queues that kombu declares
 ``auto_delete`` (event receivers, pidbox and reply queues) are deleted, with their SNS
@@ -76,6 +80,12 @@ class Channel(SQS.Channel):
         self.sqs(queue=queue_name).delete_message(
             QueueUrl=self._new_queue(queue_name), ReceiptHandle=message["ReceiptHandle"]
         )
+
+    def _on_messages_ready(self, queue: str, qname: str, messages: Any) -> int:
+        if not isinstance(messages, dict):
+            log.warning("receive from %s failed (SQS unreachable?); polling again", qname)
+            return 0
+        return super()._on_messages_ready(queue, qname, messages)
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
         declared = super().queue_declare(queue, passive, **kwargs)
