@@ -54,14 +54,16 @@ SOURCE_MAX_RECEIVES = _int("SOURCE_MAX_RECEIVES", 10)
 DEAD_LETTER_KEEP_BODY = _bool("DEAD_LETTER_KEEP_BODY", True)
 
 # --- Fetch: source queue -> batches ---------------------------------------------
-BATCH_SIZE = _int("BATCH_SIZE", 250)
+BATCH_SIZE = _int("BATCH_SIZE", 500)
 # A batch task message must stay under SQS's 1 MiB after kombu's base64 (+1/3).
 BATCH_MAX_BYTES = _int("BATCH_MAX_BYTES", 600_000)
 FETCH_INTERVAL = _float("FETCH_INTERVAL", 2.0)
-# How long one fetch task keeps filling batches before it returns its slot.
-FETCH_MAX_SECONDS = _float("FETCH_MAX_SECONDS", 10.0)
+# How long one fetch task keeps filling batches before it returns its pool slot: 1.5 beat
+# intervals, so two fetches overlap and receiving never pauses, while slots stay free
+# for batch tasks (docs/performance.md).
+FETCH_MAX_SECONDS = _float("FETCH_MAX_SECONDS", 1.5 * FETCH_INTERVAL)
 # Concurrent ReceiveMessage calls inside one fetch ("several fetches in flight").
-FETCH_RECEIVERS = _int("FETCH_RECEIVERS", 4)
+FETCH_RECEIVERS = _int("FETCH_RECEIVERS", 8)
 # Long poll of the first receive; later receives of a fetch do not wait.
 FETCH_WAIT_SECONDS = _int("FETCH_WAIT_SECONDS", 1)
 # Seconds a received source message stays hidden while its batch is handed off.
@@ -151,7 +153,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure = False
 worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1)
-worker_concurrency = _int("WORKER_CONCURRENCY", 2)
+# Chosen by measurement (docs/performance.md): two overlapping fetches and batch tasks.
+worker_concurrency = _int("WORKER_CONCURRENCY", 4)
 worker_max_memory_per_child = _int("WORKER_MAX_MEMORY_KB", 400_000)
 worker_hijack_root_logger = False
 # A batch is killed well before SQS would hand its message to another worker.

@@ -4,21 +4,22 @@ Beat runs `fetch_batches` every FETCH_INTERVAL seconds. It receives from login-q
 with several ReceiveMessage calls in flight until it holds a batch (BATCH_SIZE
 messages or BATCH_MAX_BYTES of bodies) or the queue is empty, hands the batch to a
 `mask_and_insert` task, and only once that publish succeeded deletes the batch's
-source messages. It goes on for up to FETCH_MAX_SECONDS, so several fetches overlap
-while there is a backlog; a fetch that dies leaves its messages to reappear after
+source messages (in the background, while the next batch is received). It goes on for
+up to FETCH_MAX_SECONDS; a fetch that dies leaves its messages to reappear after
 SOURCE_VISIBILITY_TIMEOUT.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future
 from functools import cache
 from time import monotonic
 
 import celeryconfig as config
 from tasks.batch import mask_and_insert
 from tasks.celery import app
-from tasks.source import Received, SourceQueue
+from tasks.source import Received, SourceQueue, settle_deletes
 
 
 @cache
@@ -55,9 +56,13 @@ def receive_batches(source: SourceQueue, size: int, max_bytes: int, deadline: fl
 def fetch_batches() -> dict[str, int]:
     source = source_queue()
     messages = batches = 0
+    deletes: list[Future[int]] = []
     deadline = monotonic() + config.FETCH_MAX_SECONDS
-    for batch in receive_batches(source, config.BATCH_SIZE, config.BATCH_MAX_BYTES, deadline):
-        mask_and_insert.apply_async(([r.message.as_args() for r in batch],))
-        source.delete(batch)
-        messages, batches = messages + len(batch), batches + 1
+    try:
+        for batch in receive_batches(source, config.BATCH_SIZE, config.BATCH_MAX_BYTES, deadline):
+            mask_and_insert.apply_async(([r.message.as_args() for r in batch],))
+            deletes += source.delete_later(batch)  # while the next batch is received
+            messages, batches = messages + len(batch), batches + 1
+    finally:
+        settle_deletes(deletes)
     return {"messages": messages, "batches": batches}

@@ -88,3 +88,25 @@ def test_a_batch_with_bad_records_inserts_the_good_ones(worker, db) -> None:
         "body is not JSON",
         "locale is longer than 32 characters",
     ]
+
+
+def test_redrive_replays_dead_letters_and_a_still_bad_record_comes_back_with_its_reason(worker, db) -> None:
+    from tasks.deadletter import DeadLetterQueue
+    from tasks.records import DeadLetter, SourceMessage
+    from tasks.redrive import redrive
+
+    seed.send(config.SOURCE_QUEUE, ["{still bad"])
+    drained(db, 1)
+    # A good record that a failing batch sent whole to the dead-letter path.
+    good = SourceMessage("given-up-1", 1_700_000_000_000, json.dumps({"user_id": "u-1", "ip": "10.0.0.1"}))
+    DeadLetterQueue(config.DEAD_LETTER_QUEUE).send([DeadLetter(good, "gave up after 8 retries: OperationalError")])
+
+    dry = redrive(dry_run=True)
+    assert dry.moved == 0 and sum(dry.reasons.values()) == 2
+    assert aws.queue_depth(config.DEAD_LETTER_QUEUE)["visible"] == 2  # a dry run hands them back
+
+    assert redrive().moved == 2
+    totals = drained(db, 3)
+    assert totals["rows"] == 1 and totals["dead_letters"] == 1
+    [letter] = dead_letters()
+    assert letter["MessageAttributes"]["reason"]["StringValue"] == "body is not JSON"
