@@ -41,7 +41,9 @@ class StartupRefused(SystemExit):
 def load_masker() -> Masker:
     keys = load_key_ring(config.MASKING_KEYS, config.MASKING_KEYS_FILE)
     if keys.development and config.PIPELINE_ENV != "embedded":
-        raise StartupRefused("refusing to mask with the development key outside the embedded stack")
+        raise MaskingKeyError(
+            f"the development key may not mask outside the embedded stack (PIPELINE_ENV={config.PIPELINE_ENV})"
+        )
     return Masker(keys, config.MASKING_MODE)
 
 

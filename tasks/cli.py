@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
 import celeryconfig as config
 
@@ -49,17 +51,14 @@ def _redrive(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unmask(args: argparse.Namespace) -> int:
+def _recovery_command(work: Callable[[Any, Any], list[str]]) -> int:
+    """Run `work(connection, masker)`, print its lines; a refusal exits 2 with its reason."""
     from tasks import recovery, store
     from tasks.batch import load_masker
 
     conn = store.connect(config.database_url())
     try:
-        tokens = recovery.tokens_from_query(conn, args.query) if args.query else args.tokens
-        for token, value in zip(
-            tokens, recovery.unmask(conn, load_masker(), args.field, tokens, args.reason), strict=True
-        ):
-            print(f"{token}\t{value}")
+        print("\n".join(work(conn, load_masker())))
     except (recovery.RecoveryRefused, recovery.TokenError) as exc:
         print(f"refused: {exc}")
         return 2
@@ -68,19 +67,21 @@ def _unmask(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rekey(args: argparse.Namespace) -> int:
-    from tasks import recovery, store
-    from tasks.batch import load_masker
+def _unmask(args: argparse.Namespace) -> int:
+    from tasks import recovery
 
-    conn = store.connect(config.database_url())
-    try:
-        print(f"re-keyed {recovery.rekey(conn, load_masker(), args.batch)} rows")
-    except recovery.RecoveryRefused as exc:
-        print(f"refused: {exc}")
-        return 2
-    finally:
-        conn.close()
-    return 0
+    def work(conn: Any, masker: Any) -> list[str]:
+        tokens = recovery.tokens_from_query(conn, args.query) if args.query else args.tokens
+        values = recovery.unmask(conn, masker, args.field, tokens, args.reason)
+        return [f"{token}\t{value}" for token, value in zip(tokens, values, strict=True)]
+
+    return _recovery_command(work)
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    from tasks import recovery
+
+    return _recovery_command(lambda conn, masker: [f"re-keyed {recovery.rekey(conn, masker, args.batch)} rows"])
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -144,7 +144,8 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, 
     started = time.monotonic()
     with processes(commands) as running:
         if with_flower:
-            stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT}")
+            auth = "basic auth" if config.FLOWER_BASIC_AUTH else "no auth: loopback only"
+            stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT} ({auth})")
         try:
             if drain:
                 wait_until_drained(timeout)

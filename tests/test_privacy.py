@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from datetime import date
 
 import psycopg2
@@ -13,7 +16,7 @@ import celeryconfig as config
 from tasks import aws, recovery, seed, store
 from tasks.keys import parse_key_ring
 from tasks.masking import Masker, TokenError
-from tests.helpers import Worker, flower_api, start_flower, wait_until
+from tests.helpers import ROOT, Worker, flower_api, start_flower, wait_until
 from tests.test_faults import settle
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -167,3 +170,23 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     }.items():
         leaked = [value for value in raw if value in text]
         assert not leaked, f"{len(leaked)} raw values in {place}"
+
+
+@pytest.mark.parametrize("keys", ["development", "none"])
+def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_key(tmp_path, keys: str) -> None:
+    from tasks.keys import create_development_key
+
+    key_file = tmp_path / "masking.keys"
+    if keys == "development":
+        create_development_key(key_file)
+    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file), "PIPELINE_ENV": "production"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--without-mingle"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "worker refused to start" in result.stdout + result.stderr
