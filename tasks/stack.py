@@ -148,7 +148,10 @@ def stop_postgres() -> None:
         return
     import pgserver
 
-    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+    # pg_ctl itself: pgserver's own cleanup() leaves the server running while another
+    # process still holds a handle to it.
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user)
     config.DATABASE_URL_FILE.unlink(missing_ok=True)
     say("PostgreSQL stopped")
 
