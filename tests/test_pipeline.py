@@ -110,32 +110,3 @@ def test_redrive_replays_dead_letters_and_a_still_bad_record_comes_back_with_its
     assert totals["rows"] == 1 and totals["dead_letters"] == 1
     [letter] = dead_letters()
     assert letter["MessageAttributes"]["reason"]["StringValue"] == "body is not JSON"
-
-
-def test_a_permanent_failure_sends_the_whole_batch_to_the_dead_letter_path(db, database_url) -> None:
-    from tests.helpers import Worker
-
-    db.autocommit = True
-    with db.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS no_schema")
-        cur.execute("CREATE DATABASE no_schema")
-    db.autocommit = False
-    broken = database_url.replace("/postgres?", "/no_schema?")
-    worker = Worker("no-schema", beat=True, env={"DATABASE_URL": broken})
-    try:
-        seed.send(config.SOURCE_QUEUE, seed.sample_bodies()[:20])
-        letters: dict[str, str] = {}
-
-        def all_dead_lettered() -> bool:
-            for m in dead_letters():  # each seen once: they stay hidden after receipt
-                letters[m["MessageAttributes"]["source_message_id"]["StringValue"]] = m["MessageAttributes"]["reason"][
-                    "StringValue"
-                ]
-            return len(letters) >= 20
-
-        wait_until(all_dead_lettered, timeout=60, what="20 dead letters")
-    finally:
-        worker.stop()
-    assert len(letters) == 20
-    assert all(reason.startswith("permanent failure: UndefinedTable") for reason in letters.values())
-    assert "Retry in" not in worker.log.read_text()  # a permanent failure is not retried
