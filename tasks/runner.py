@@ -122,17 +122,19 @@ def watch(running: dict[str, subprocess.Popen], poll: float = 5.0) -> None:
     stack.say(f"{', '.join(ended)} exited; see its log")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops the run like Ctrl-C, so the children get their warm shutdown."""
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the run, so the children get their warm shutdown (also
+    where SIGINT was ignored at start, as for a background job of a script)."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
 
 
 def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, timeout: float = 900) -> int:
-    _stop_on_sigterm()
+    _stop_on_signals()
     stack.up()
     if seed_count:
         bodies = [body for body, _ in seed.generate(seed_count)]
