@@ -44,9 +44,16 @@ from tasks import aws, store  # noqa: E402
 from tests.helpers import Worker  # noqa: E402
 
 
-def python_m_tasks(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def python_m_tasks(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tasks", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tasks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

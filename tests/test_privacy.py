@@ -190,3 +190,22 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
     )
     assert result.returncode != 0
     assert "worker refused to start" in result.stdout + result.stderr
+
+
+def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> None:
+    from tests.conftest import python_m_tasks
+
+    token = Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv").mask_ip("199.172.111.135")[0]
+    ok = python_m_tasks("unmask", "--field", "ip", "--reason", "ticket SEC-9", token, env={"MASKING_MODE": "siv"})
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{token}\t199.172.111.135"
+    other_key = python_m_tasks(
+        "unmask", "--field", "ip", "--reason", "x", token, env={"MASKING_MODE": "siv", "MASKING_KEYS": KEY1}
+    )
+    assert other_key.returncode == 2 and other_key.stdout.startswith("refused:")
+    assert "199.172.111.135" not in other_key.stdout + other_key.stderr
+    one_way = python_m_tasks("unmask", "--field", "ip", "--reason", "x", token, env={"MASKING_MODE": "hmac"})
+    assert one_way.returncode == 2 and "one-way" in one_way.stdout
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM unmask_audit WHERE token = %s", (token,))
+        assert cur.fetchone()[0] == 1  # only the recovery that succeeded
+    db.rollback()
