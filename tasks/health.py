@@ -19,7 +19,9 @@ import celeryconfig as config
 @worker_ready.connect
 @heartbeat_sent.connect
 def touch(**_: Any) -> None:
-    Path(config.WORKER_HEALTH_FILE).touch()
+    path = Path(config.WORKER_HEALTH_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
 
 
 def alive(max_age: float) -> bool:

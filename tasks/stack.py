@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 import celeryconfig as config
 from tasks import aws, store
@@ -129,13 +131,20 @@ def _stop_pid(pid_file: Path, name: str) -> None:
 
 
 # --- PostgreSQL ----------------------------------------------------------------------
+def _pgserver() -> ModuleType:
+    """pgserver, imported only by the embedded stack, without platformdirs' harmless
+    warning about an unset XDG_RUNTIME_DIR."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver
+    return pgserver
+
+
 def start_postgres() -> str:
     if config.DATABASE_URL:
         say("PostgreSQL: using DATABASE_URL")
         return config.DATABASE_URL
-    import pgserver  # only the embedded stack needs it
-
-    server = pgserver.get_server(_paths()["pgdata"], cleanup_mode=None)
+    server = _pgserver().get_server(_paths()["pgdata"], cleanup_mode=None)
     url = server.get_uri()
     config.DATABASE_URL_FILE.write_text(url + "\n")
     say(f"PostgreSQL up in {_paths()['pgdata']} ({url})")
@@ -146,8 +155,7 @@ def stop_postgres() -> None:
     pgdata = _paths()["pgdata"]
     if config.DATABASE_URL or not (pgdata / "postmaster.pid").exists():
         return
-    import pgserver
-
+    pgserver = _pgserver()
     # pg_ctl itself: pgserver's own cleanup() leaves the server running while another
     # process still holds a handle to it.
     server = pgserver.get_server(pgdata, cleanup_mode=None)

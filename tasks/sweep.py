@@ -2,9 +2,12 @@
 
 Processes that exit normally delete their own queues (tasks.transport). One killed
 outright leaves its event queue (``celeryev-<uuid>``) and reply queues
-(``<oid>-reply-celery-pidbox``), and their SNS subscriptions. Sweep deletes such
-queues once they are older than the given age, and every subscription of our topics
-whose queue no longer exists. A live Flower whose queue is swept re-declares it.
+(``<oid>-reply-celery-pidbox``), and their SNS subscriptions. Sweep deletes, among
+queues older than the given age, event queues that hold unread events (nobody consumes
+them: a live listener keeps its queue drained) and reply queues, and then every
+subscription of our topics whose queue no longer exists. A reply queue cannot tell a
+live owner from a dead one, so sweep is an operator's command, not a scheduled task:
+run it when no Flower or `inspect` has been running longer than the age given.
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ from botocore.exceptions import ClientError
 import celeryconfig as config
 from tasks import aws
 
-PER_PROCESS = ("-reply-celery-pidbox", "celeryev-")
+REPLY, EVENTS = "-reply-celery-pidbox", "celeryev-"
 
 
-def _created(url: str) -> float:
-    attributes = aws.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])
-    return float(attributes["Attributes"]["CreatedTimestamp"])
+def _stale(url: str, cutoff: float) -> bool:
+    name = url.rsplit("/", 1)[1]
+    if REPLY not in name and EVENTS not in name:
+        return False
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=url, AttributeNames=["CreatedTimestamp", "ApproximateNumberOfMessages"]
+    )["Attributes"]
+    old = float(attributes["CreatedTimestamp"]) < cutoff
+    unread = int(attributes["ApproximateNumberOfMessages"]) > 0
+    return old and (REPLY in name or unread)
 
 
 def stale_queues(older_than: float) -> list[str]:
     sqs, cutoff = aws.client("sqs"), time.time() - older_than
     urls = sqs.list_queues(QueueNamePrefix=config.CELERY_QUEUE_PREFIX).get("QueueUrls", [])
-    own = [u for u in urls if any(mark in u.rsplit("/", 1)[1] for mark in PER_PROCESS)]
-    return [u for u in own if _created(u) < cutoff]
+    return [u for u in urls if _stale(u, cutoff)]
 
 
 def _queue_exists(arn: str) -> bool:

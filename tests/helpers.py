@@ -25,10 +25,14 @@ T = TypeVar("T")
 class Worker:
     """A real `celery -A tasks worker` process (and beat, if asked)."""
 
-    def __init__(self, name: str, beat: bool = False, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, beat: bool = False, env: dict[str, str] | None = None, heartbeat: bool = False
+    ) -> None:
         self.name = name
         self.log = config.STACK_DIR / f"{name}.log"
-        command = [*runner.worker_command(name), "--without-heartbeat", "--without-mingle"]
+        command = [*runner.worker_command(name), "--without-mingle"]
+        if not heartbeat:
+            command.append("--without-heartbeat")
         if beat:
             command.append("--beat")
         with open(self.log, "ab") as log:

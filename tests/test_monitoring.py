@@ -130,3 +130,40 @@ def test_flower_removes_its_event_queue_when_it_exits(flower) -> None:
     flower.terminate()
     flower.wait(timeout=30)
     assert not created & queue_names()
+
+
+def test_liveness_follows_the_worker_heartbeat(test_stack, tmp_path) -> None:
+    from tests.conftest import python_m_tasks
+    from tests.helpers import Worker
+
+    health = {"WORKER_HEALTH_FILE": str(tmp_path / "alive" / "worker.alive")}
+    worker = Worker("heartbeat", env=health, heartbeat=True)
+    try:
+        first = wait_until(lambda: (tmp_path / "alive" / "worker.alive").exists(), timeout=30, what="health file")
+        assert first and python_m_tasks("health", "--max-age", "10", env=health).returncode == 0
+        mtime = (tmp_path / "alive" / "worker.alive").stat().st_mtime
+        wait_until(
+            lambda: (tmp_path / "alive" / "worker.alive").stat().st_mtime > mtime,
+            timeout=15,
+            what="a heartbeat to touch the file again",
+        )
+    finally:
+        worker.kill()
+    time.sleep(4)
+    assert python_m_tasks("health", "--max-age", "3", env=health).returncode == 1
+
+
+def test_sweep_removes_what_a_killed_listener_left_and_spares_the_pipeline(worker) -> None:
+    from tasks.sweep import sweep
+
+    sqs = aws.client("sqs")
+    dead = sqs.create_queue(QueueName=f"{config.CELERY_QUEUE_PREFIX}celeryev-dead-listener")["QueueUrl"]
+    sqs.send_message(QueueUrl=dead, MessageBody="an unread event")
+    idle = sqs.create_queue(QueueName=f"{config.CELERY_QUEUE_PREFIX}celeryev-live-listener")["QueueUrl"]
+    time.sleep(1.5)
+    assert sweep(older_than=1)["queues"] >= 1
+    names = queue_names()
+    assert "login-pipeline-celeryev-dead-listener" not in names
+    assert "login-pipeline-celeryev-live-listener" in names  # drained: a live listener keeps it so
+    assert {"login-pipeline-fetch", "login-pipeline-batches"} <= names
+    sqs.delete_queue(QueueUrl=idle)
