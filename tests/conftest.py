@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def test_stack() -> Iterator[None]:
     assert result.returncode == 0, result.stderr
     yield
     python_m_tasks("stack", "down")
+    shutil.rmtree(STACK_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
