@@ -47,6 +47,11 @@ def queue_depth(name: str) -> dict[str, int]:
     }
 
 
+def message_attribute(message: dict[str, Any], name: str) -> str | None:
+    """The string value of a received message's attribute, if it has one."""
+    return message.get("MessageAttributes", {}).get(name, {}).get("StringValue")
+
+
 def chunks(items: list[Any], size: int = 10) -> list[list[Any]]:
     """SQS batch calls take at most ten entries."""
     return [items[i : i + size] for i in range(0, len(items), size)]

@@ -65,7 +65,7 @@ class Pipeline:
 
     def connection(self) -> store.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = store.connect(config.database_url())
+            self._conn = store.connect_writer(config.database_url())
         return self._conn
 
     def reset(self) -> None:

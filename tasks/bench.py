@@ -81,7 +81,7 @@ def stages(bodies: list[str]) -> dict[str, float]:
     )
     events, _ = timed("parse", lambda: parse_batch([r.message for r in received]))
     rows = timed("mask", lambda: [mask_event(e, pipeline().masker)[0] for e in events])
-    conn = store.connect(config.database_url())
+    conn = store.connect_writer(config.database_url())
     with conn, conn.cursor() as cur:
         timed("insert", lambda: store.insert_rows(cur, rows))
         conn.rollback()

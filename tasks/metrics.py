@@ -15,12 +15,6 @@ from prometheus_client.registry import Collector
 import celeryconfig as config
 from tasks import store
 
-LEDGER = (
-    "SELECT coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),"
-    " coalesce(sum(dead_lettered), 0), coalesce(sum(non_address_ips), 0), count(*),"
-    " coalesce(sum(seconds), 0), coalesce(max(seconds), 0) FROM ingest_batches"
-)
-
 
 class PipelineCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -30,23 +24,25 @@ class PipelineCollector(Collector):
             yield GaugeMetricFamily("login_pipeline_database_up", "PostgreSQL answered the scrape", value=0)
             return
         try:
-            with conn.cursor() as cur:
-                cur.execute(LEDGER)
-                received, inserted, duplicates, dead, non_address, batches, seconds, slowest = cur.fetchone()
+            ledger = store.ledger_totals(conn)
         finally:
             conn.close()
         yield GaugeMetricFamily("login_pipeline_database_up", "PostgreSQL answered the scrape", value=1)
-        for name, doc, value in (
-            ("received", "Source messages processed by mask-and-insert", received),
-            ("rows_inserted", "Rows written to user_logins", inserted),
-            ("duplicates_skipped", "Deliveries skipped as already written", duplicates),
-            ("dead_lettered", "Records sent to the dead-letter queue", dead),
-            ("non_address_ips", "Records whose ip was no address (masked as given)", non_address),
-            ("batches", "Committed mask-and-insert batches", batches),
+        for name, doc, key in (
+            ("received", "Source messages processed by mask-and-insert", "received"),
+            ("rows_inserted", "Rows written to user_logins", "inserted"),
+            ("duplicates_skipped", "Deliveries skipped as already written", "duplicates"),
+            ("dead_lettered", "Records sent to the dead-letter queue", "dead_lettered"),
+            ("non_address_ips", "Records whose ip was no address (masked as given)", "non_address_ips"),
+            ("batches", "Committed mask-and-insert batches", "batches"),
         ):
-            yield CounterMetricFamily(f"login_pipeline_{name}", doc, value=int(value))
-        yield CounterMetricFamily("login_pipeline_batch_seconds", "Total batch latency, seconds", value=float(seconds))
-        yield GaugeMetricFamily("login_pipeline_batch_seconds_max", "Slowest batch, seconds", value=float(slowest))
+            yield CounterMetricFamily(f"login_pipeline_{name}", doc, value=int(ledger[key]))
+        yield CounterMetricFamily(
+            "login_pipeline_batch_seconds", "Total batch latency, seconds", value=ledger["seconds"]
+        )
+        yield GaugeMetricFamily(
+            "login_pipeline_batch_seconds_max", "Slowest batch, seconds", value=ledger["slowest_seconds"]
+        )
 
 
 _registered = False

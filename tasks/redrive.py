@@ -31,10 +31,6 @@ class RedriveReport:
         return "\n".join(lines)
 
 
-def _attribute(message: dict, name: str) -> str | None:
-    return message.get("MessageAttributes", {}).get(name, {}).get("StringValue")
-
-
 def redrive(limit: int | None = None, dry_run: bool = False) -> RedriveReport:
     sqs = aws.client("sqs")
     dlq, source = aws.queue_url(config.DEAD_LETTER_QUEUE), aws.queue_url(config.SOURCE_QUEUE)
@@ -53,7 +49,9 @@ def redrive(limit: int | None = None, dry_run: bool = False) -> RedriveReport:
                 break
             seen += len(messages)
             for m in messages:
-                report.reasons[_attribute(m, "reason") or "(no reason: moved by SQS after max receives)"] += 1
+                report.reasons[
+                    aws.message_attribute(m, "reason") or "(no reason: moved by SQS after max receives)"
+                ] += 1
             replayable = [m for m in messages if m["Body"] != WITHHELD_BODY]
             report.kept += len(messages) - len(replayable)
             if dry_run:
@@ -75,7 +73,7 @@ def redrive(limit: int | None = None, dry_run: bool = False) -> RedriveReport:
 
 
 def _move(sqs, conn: store.Connection, source: str, dlq: str, messages: list[dict]) -> None:
-    ids = [_attribute(m, ORIGINAL_ID) or m["MessageId"] for m in messages]
+    ids = [aws.message_attribute(m, ORIGINAL_ID) or m["MessageId"] for m in messages]
     with conn, conn.cursor() as cur:
         cur.execute("DELETE FROM dead_letters WHERE message_id = ANY(%s)", (ids,))
     entries = [

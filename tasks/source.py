@@ -36,7 +36,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _received(raw: dict) -> Received:
-    original = raw.get("MessageAttributes", {}).get(ORIGINAL_ID, {}).get("StringValue")
+    original = aws.message_attribute(raw, ORIGINAL_ID)
     message = SourceMessage(
         message_id=original or raw["MessageId"],
         sent_at_ms=int(raw["Attributes"]["SentTimestamp"]),

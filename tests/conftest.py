@@ -74,7 +74,7 @@ def database_url(test_stack: None) -> str:
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[store.Connection]:
-    conn = store.connect(database_url)
+    conn = store.connect_writer(database_url)
     yield conn
     conn.close()
 

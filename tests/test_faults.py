@@ -14,9 +14,9 @@ import pgserver
 import pytest
 
 import celeryconfig as config
-from tasks import aws, seed, status, store
+from tasks import runner, seed, store
 from tests.helpers import Outage, Worker, wait_until
-from tests.test_pipeline import send_with_ids
+from tests.test_pipeline import dead_letter_ids, send_with_ids
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean")]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
@@ -30,27 +30,9 @@ def events(count: int, seed_value: int) -> tuple[dict[str, str], int]:
     return messages, sum(valid for _, valid in generated)
 
 
-def dead_letter_ids() -> dict[str, str]:
-    """Every dead letter in login-queue-dlq: original id -> reason."""
-    sqs, url, found = aws.client("sqs"), aws.queue_url(config.DEAD_LETTER_QUEUE), {}
-    while got := sqs.receive_message(
-        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
-    ).get("Messages"):
-        for m in got:
-            attributes = m["MessageAttributes"]
-            found[attributes["source_message_id"]["StringValue"]] = attributes["reason"]["StringValue"]
-    return found
-
-
 def settle(timeout: float = 240) -> None:
-    quiet = 0
-
-    def idle() -> bool:
-        nonlocal quiet
-        quiet = quiet + 1 if status.pipeline_idle(status.collect()) else 0
-        return quiet >= 3
-
-    wait_until(idle, timeout=timeout, poll=1, what="the pipeline to drain")
+    """Until login-queue and the batch queue stayed empty three polls in a row."""
+    runner.wait_until_drained(timeout, poll=1, settle=3)
 
 
 def account(fault: str, messages: dict[str, str], valid: int, db) -> None:

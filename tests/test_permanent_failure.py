@@ -10,7 +10,7 @@ import pytest
 import celeryconfig as config
 from tasks import seed
 from tests.helpers import Worker, wait_until
-from tests.test_pipeline import dead_letters
+from tests.test_pipeline import dead_letter_ids
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -28,10 +28,7 @@ def test_a_permanent_failure_sends_the_whole_batch_to_the_dead_letter_path(db, d
         letters: dict[str, str] = {}
 
         def all_dead_lettered() -> bool:
-            for m in dead_letters():  # each seen once: they stay hidden after receipt
-                letters[m["MessageAttributes"]["source_message_id"]["StringValue"]] = m["MessageAttributes"]["reason"][
-                    "StringValue"
-                ]
+            letters.update(dead_letter_ids())  # each seen once: they stay hidden after receipt
             return len(letters) >= 20
 
         wait_until(all_dead_lettered, timeout=60, what="20 dead letters")

@@ -30,6 +30,14 @@ def dead_letters() -> list[dict]:
     return found
 
 
+def dead_letter_ids() -> dict[str, str]:
+    """Every dead letter now in login-queue-dlq: original id -> reason."""
+    return {
+        m["MessageAttributes"]["source_message_id"]["StringValue"]: m["MessageAttributes"]["reason"]["StringValue"]
+        for m in dead_letters()
+    }
+
+
 def test_the_exercise_sample_flows_masked_into_the_table(worker, db) -> None:
     seed.send(config.SOURCE_QUEUE, seed.sample_bodies())
     totals = drained(db, 100)

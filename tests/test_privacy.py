@@ -44,7 +44,7 @@ def as_role(conn, role: str) -> None:
 @pytest.fixture
 def writer(database_url: str):
     """A session that is the writer role from its start, as a worker's login would be."""
-    conn = store.connect(database_url, options="-c role=login_pipeline_writer")
+    conn = store.connect_writer(database_url, options="-c role=login_pipeline_writer")
     yield conn
     conn.close()
 
