@@ -59,12 +59,15 @@ def python_m_tasks(
 
 
 @pytest.fixture(scope="session")
-def test_stack() -> Iterator[None]:
+def test_stack(request: pytest.FixtureRequest) -> Iterator[None]:
     result = python_m_tasks("stack", "up")
     assert result.returncode == 0, result.stderr
     yield
     python_m_tasks("stack", "down")
-    shutil.rmtree(STACK_DIR, ignore_errors=True)
+    if request.session.testsfailed:
+        print(f"\ntest stack kept for its logs: {STACK_DIR}")
+    else:
+        shutil.rmtree(STACK_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
