@@ -3,7 +3,7 @@
 Everything the batch can write goes in one transaction (tasks.store); bad records go
 to the dead-letter path with their reason, and never stop the rest of the batch.
 Transient failures (PostgreSQL or SQS unreachable, serialization failures) are
-retried with exponential backoff and full jitter, up to BATCH_MAX_RETRIES; a batch
+retried with exponential backoff and equal jitter, up to BATCH_MAX_RETRIES; a batch
 that exhausts them, or fails for a permanent reason, goes whole to the dead-letter
 path with that reason. Nothing is dropped.
 """
@@ -153,8 +153,14 @@ def describe(exc: BaseException) -> str:
 
 
 def backoff(retries: int) -> float:
-    """Exponential backoff with full jitter, at least one second."""
-    return max(1.0, random.uniform(0, min(config.RETRY_BACKOFF_MAX, 2.0 ** (retries + 1))))
+    """Exponential backoff with equal jitter: between half the step and the whole step.
+
+    Full jitter (anywhere from zero) could let every retry draw short, so that a batch
+    gave up within seconds of a database restart. Half of every step is certain, so
+    the retries span at least half the sum of the steps (121 s with the defaults).
+    """
+    step = min(config.RETRY_BACKOFF_MAX, 2.0 ** (retries + 1))
+    return step / 2 + random.uniform(0, step / 2)
 
 
 def give_up(messages: list[SourceMessage], reason: str) -> dict[str, Any]:
