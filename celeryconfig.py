@@ -78,8 +78,6 @@ MASKING_MODE = _env("MASKING_MODE", "hmac")  # hmac (one-way) or siv (recoverabl
 # Keys: MASKING_KEYS ("version:base64key,...") or a file of such lines.
 MASKING_KEYS = _env("MASKING_KEYS", "")
 MASKING_KEYS_FILE = _env("MASKING_KEYS_FILE", str(STACK_DIR / "masking.keys"))
-# Only the embedded stack may run on the development key it generates.
-PIPELINE_ENV = _env("PIPELINE_ENV", "embedded")
 
 # --- PostgreSQL ------------------------------------------------------------------
 # Unset: the server the embedded stack started (its URL is kept in STACK_DIR).
@@ -118,10 +116,13 @@ FETCH_QUEUE = "fetch"
 BATCH_QUEUE = "batches"
 # Longer than the longest batch (retries are new messages, so one attempt).
 TASK_VISIBILITY_TIMEOUT = _int("TASK_VISIBILITY_TIMEOUT", 300)
+# Receives of a batch task message before SQS moves it to the batch dead-letter queue
+# (a task whose worker died again and again, or that failed outright).
+BATCH_QUEUE_MAX_RECEIVES = _int("BATCH_QUEUE_MAX_RECEIVES", 5)
 
 broker_url = _env("CELERY_BROKER_URL", _broker_url())
 # Our transport: kombu's SQS transport plus what remote control and events need.
-broker_transport = "tasks.transport:Transport"
+broker_transport = "tasks.broker.transport:Transport"
 broker_transport_options = {
     "region": AWS_REGION,
     "queue_name_prefix": CELERY_QUEUE_PREFIX,

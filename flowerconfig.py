@@ -6,13 +6,9 @@ Flower's /metrics (tasks.metrics).
 """
 
 import os
-import sys
-
-# Flower reads this file before Celery puts the working directory on sys.path.
-sys.path.insert(0, os.getcwd())
 
 import celeryconfig as config
-from tasks import metrics
+from tasks.ops import metrics
 
 address = config.FLOWER_ADDRESS
 port = config.FLOWER_PORT

@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("tasks", include=["tasks.fetch", "tasks.batch", "tasks.health"])
+app = Celery("tasks", include=["tasks.fetch", "tasks.batch", "tasks.ops.health"])
 app.config_from_object("celeryconfig")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +24,23 @@ ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = Path(os.environ.get("TEST_STACK_DIR") or tempfile.mkdtemp(prefix="login-pipeline-test-"))
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
 
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A port of its own for each suite run, so that two runs on one machine never collide.
+LOCALSTACK_PORT = os.environ.get("TEST_LOCALSTACK_PORT") or str(_free_port())
+
 # Before anything imports celeryconfig, which reads the environment once.
 os.environ.pop("DATABASE_URL", None)
 os.environ.update(
     STACK_DIR=str(STACK_DIR),
-    LOCALSTACK_PORT=os.environ.get("TEST_LOCALSTACK_PORT", "4599"),
+    LOCALSTACK_PORT=LOCALSTACK_PORT,
     LOCALSTACK_VENV=str(ROOT / ".stack" / "localstack-venv"),
-    SQS_ENDPOINT_URL="http://localhost:" + os.environ.get("TEST_LOCALSTACK_PORT", "4599"),
+    SQS_ENDPOINT_URL=f"http://localhost:{LOCALSTACK_PORT}",
     MASKING_KEYS=f"1:{TEST_KEY}",
     FETCH_INTERVAL="1",
     FETCH_MAX_SECONDS="5",
@@ -41,7 +52,8 @@ os.environ.update(
 )
 
 import celeryconfig as config  # noqa: E402
-from tasks import aws, store  # noqa: E402
+from tasks.broker import aws  # noqa: E402
+from tasks.pipeline import store  # noqa: E402
 from tests.helpers import Worker  # noqa: E402
 
 

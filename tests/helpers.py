@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import celeryconfig as config
-from tasks import runner
+from tasks.dev import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -62,6 +62,13 @@ class Worker:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout=60)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 60, poll: float = 0.5, what: str = "condition") -> T:

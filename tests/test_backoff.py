@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import celeryconfig as config
-from tasks.batch import backoff
+from tasks.pipeline.retry import backoff
 
 
 def step(retries: int) -> float:
@@ -13,7 +13,7 @@ def step(retries: int) -> float:
 
 @given(st.integers(min_value=0, max_value=40))
 def test_each_delay_lies_between_half_its_step_and_its_step(retries: int) -> None:
-    assert step(retries) / 2 <= backoff(retries) <= step(retries)
+    assert step(retries) / 2 <= backoff(retries, config.RETRY_BACKOFF_MAX) <= step(retries)
 
 
 def test_the_retries_of_a_batch_outlast_the_fault_suites_30_second_outage() -> None:

@@ -12,6 +12,6 @@ def test_bench_prints_figures_and_writes_json_and_a_chart(clean, tmp_path) -> No
     assert "x the ceiling" in result.stdout
     figures = json.loads((tmp_path / "bench.json").read_text())
     assert figures["events"] == 2000 and figures["ceiling_per_s"] > 0 and figures["pipeline_per_s"] > 0
-    assert set(figures["stage_ms_per_batch"]) == {"receive", "hand-off", "parse", "mask", "insert", "delete"}
+    assert set(figures["stage_ms_per_batch"]) == {"receive", "hand-off", "parse and mask", "insert", "delete"}
     assert figures["peak_rss_mb"]
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,9 @@ import json
 import pytest
 
 import celeryconfig as config
-from tasks import aws, seed, store
+from tasks.broker import aws
+from tasks.dev import seed
+from tasks.pipeline import store
 from tests.conftest import python_m_tasks
 from tests.test_pipeline import dead_letters, send_with_ids
 

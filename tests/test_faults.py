@@ -14,14 +14,14 @@ import pgserver
 import pytest
 
 import celeryconfig as config
-from tasks import runner, seed, store
-from tests.helpers import Outage, Worker, wait_until
+from tasks.dev import runner, seed
+from tasks.pipeline import store
+from tests.helpers import Outage, Worker, free_port, wait_until
 from tests.test_pipeline import dead_letter_ids, send_with_ids
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean")]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 RESULTS: list[dict[str, object]] = []
-PROXY_PORT = 4598
 
 
 def events(count: int, seed_value: int) -> tuple[dict[str, str], int]:
@@ -131,8 +131,9 @@ def test_postgres_stopped_for_30_seconds(db, database_url) -> None:
 
 def test_sqs_unreachable_for_20_seconds(db) -> None:
     messages, valid = events(3000, 4)
-    outage = Outage(PROXY_PORT, config.LOCALSTACK_PORT)
-    worker = Worker("sqs-outage", beat=True, env={"SQS_ENDPOINT_URL": f"http://localhost:{PROXY_PORT}"})
+    proxy_port = free_port()
+    outage = Outage(proxy_port, config.LOCALSTACK_PORT)
+    worker = Worker("sqs-outage", beat=True, env={"SQS_ENDPOINT_URL": f"http://localhost:{proxy_port}"})
     try:
         send_with_ids(messages)
         first_rows(db, 250)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.keys import parse_key_ring
-from tasks.masking import Masker, TokenError, normalise_ip, token_version
+from tasks.pipeline.keys import parse_key_ring
+from tasks.pipeline.masking import Masker, TokenError, normalise_ip, token_version
 
 
 def ring(*keys: tuple[int, int]) -> str:

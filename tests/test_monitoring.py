@@ -17,13 +17,14 @@ from celery.events.event import get_exchange
 from kombu import Connection, Exchange, Producer
 
 import celeryconfig as config
-from tasks import aws, seed
+from tasks.broker import aws
+from tasks.broker.transport import Transport
 from tasks.celery import app
-from tasks.transport import Transport
-from tests.helpers import ROOT, flower_api, start_flower, wait_until
+from tasks.dev import seed
+from tests.helpers import ROOT, flower_api, free_port, start_flower, wait_until
 
 pytestmark = pytest.mark.usefixtures("test_stack")
-FLOWER_PORT = 5599
+FLOWER_PORT = free_port()
 
 
 def queue_names() -> set[str]:
@@ -154,7 +155,7 @@ def test_liveness_follows_the_worker_heartbeat(test_stack, tmp_path) -> None:
 
 
 def test_sweep_removes_what_a_killed_listener_left_and_spares_the_pipeline(worker) -> None:
-    from tasks.sweep import sweep
+    from tasks.ops.sweep import sweep
 
     sqs = aws.client("sqs")
     dead = sqs.create_queue(QueueName=f"{config.CELERY_QUEUE_PREFIX}celeryev-dead-listener")["QueueUrl"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import celeryconfig as config
-from tasks import seed
+from tasks.dev import seed
 from tests.helpers import Worker, wait_until
 from tests.test_pipeline import dead_letter_ids
 

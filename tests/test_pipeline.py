@@ -7,7 +7,10 @@ import json
 import pytest
 
 import celeryconfig as config
-from tasks import aws, seed, status, store
+from tasks.broker import aws
+from tasks.dev import seed
+from tasks.ops import status
+from tasks.pipeline import store
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -99,9 +102,9 @@ def test_a_batch_with_bad_records_inserts_the_good_ones(worker, db) -> None:
 
 
 def test_redrive_replays_dead_letters_and_a_still_bad_record_comes_back_with_its_reason(worker, db) -> None:
-    from tasks.deadletter import DeadLetterQueue
-    from tasks.records import DeadLetter, SourceMessage
-    from tasks.redrive import redrive
+    from tasks.ops.redrive import redrive
+    from tasks.pipeline.deadletter import DeadLetterQueue
+    from tasks.pipeline.records import DeadLetter, SourceMessage
 
     seed.send(config.SOURCE_QUEUE, ["{still bad"])
     drained(db, 1)

@@ -13,9 +13,12 @@ import psycopg2
 import pytest
 
 import celeryconfig as config
-from tasks import aws, recovery, seed, store
-from tasks.keys import parse_key_ring
-from tasks.masking import Masker, TokenError
+from tasks.broker import aws
+from tasks.dev import seed
+from tasks.ops import recovery
+from tasks.pipeline import store
+from tasks.pipeline.keys import parse_key_ring
+from tasks.pipeline.masking import Masker, TokenError
 from tests.helpers import ROOT, Worker, flower_api, start_flower, wait_until
 from tests.test_faults import settle
 
@@ -174,11 +177,11 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
 
 @pytest.mark.parametrize("keys", ["development", "none"])
 def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_key(tmp_path, keys: str) -> None:
-    from tasks.keys import create_development_key
+    from tasks.pipeline.keys import create_development_key
 
     key_file = tmp_path / "masking.keys"
     if keys == "development":
-        create_development_key(key_file)
+        create_development_key(key_file, tmp_path / "elsewhere")
     env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file), "PIPELINE_ENV": "production"}
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--without-mingle"],

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.records import LoginEvent, SourceMessage, parse_batch, parse_event
-from tasks.seed import sample_bodies
+from tasks.dev.seed import sample_bodies
+from tasks.pipeline.records import LoginEvent, SourceMessage, parse_batch, parse_event
 
 SENT = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 

@@ -5,7 +5,7 @@ from datetime import date
 import psycopg2
 import pytest
 
-from tasks import store
+from tasks.pipeline import store
 
 pytestmark = pytest.mark.usefixtures("clean")
 

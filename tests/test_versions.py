@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.seed import SAMPLE
-from tasks.versions import UnencodableVersion, decode_app_version, encode_app_version
+from tasks.dev.seed import SAMPLE
+from tasks.pipeline.versions import UnencodableVersion, decode_app_version, encode_app_version
 
 parts = st.lists(st.integers(0, 999), min_size=1, max_size=3).filter(lambda p: p[0] <= 2146)
 

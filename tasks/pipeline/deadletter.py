@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tasks import aws
-from tasks.records import DeadLetter
-from tasks.source import ORIGINAL_ID
+from tasks.broker import aws
+from tasks.pipeline.records import DeadLetter
+from tasks.pipeline.source import ORIGINAL_ID
 
 WITHHELD_BODY = "(body withheld: DEAD_LETTER_KEEP_BODY is off)"
 

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks import aws
+from tasks.broker import aws
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_data.json"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample_data.json"
 LOCALES = ["RU", "PH", "ID", "FR", "CN", "PT", "US", "BR", "DE", "NG", "PL", "SE", None, None, None]
 # (body, valid) of each kind of anomaly; None fields are valid, the rest are not.
 ANOMALIES = [

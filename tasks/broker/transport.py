@@ -1,6 +1,6 @@
 """kombu's SQS transport, made to carry Celery's remote control and task events.
 
-Used through Celery's ``broker_transport = "tasks.transport:Transport"``. Out of the
+Used through Celery's ``broker_transport = "tasks.broker.transport:Transport"``. Out of the
 box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
 
 1. ``Transport.implements`` declares only ``direct`` exchanges, so Celery turns remote

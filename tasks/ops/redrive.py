@@ -14,9 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import celeryconfig as config
-from tasks import aws, store
-from tasks.deadletter import WITHHELD_BODY
-from tasks.source import ORIGINAL_ID
+from tasks.broker import aws
+from tasks.pipeline import store
+from tasks.pipeline.deadletter import WITHHELD_BODY
+from tasks.pipeline.source import ORIGINAL_ID
 
 
 @dataclass

@@ -13,8 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
-from tasks import aws
-from tasks.records import SourceMessage
+from tasks.broker import aws
+from tasks.pipeline.records import SourceMessage
 
 log = logging.getLogger(__name__)
 ORIGINAL_ID = "source_message_id"

@@ -11,17 +11,24 @@ import celeryconfig as config
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from tasks import stack, sweep
-
     if args.action == "sweep":
+        from tasks.ops import sweep
+
         print(sweep.sweep(args.older_than))
         return 0
-    {"up": stack.up, "down": stack.down, "init": stack.init}[args.action]()
+    if args.action == "init":
+        from tasks.ops import provision
+
+        provision.init()
+        return 0
+    from tasks.dev import stack
+
+    {"up": stack.up, "down": stack.down}[args.action]()
     return 0
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from tasks import seed
+    from tasks.dev import seed
 
     bodies = seed.sample_bodies() if args.count is None else [b for b, _ in seed.generate(args.count)]
     print(f"sent {seed.send(config.SOURCE_QUEUE, bodies)} events to {config.SOURCE_QUEUE}")
@@ -29,7 +36,7 @@ def _seed(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tasks import runner
+    from tasks.dev import runner
 
     return runner.run(
         drain=args.drain, seed_count=args.seed, with_flower=not args.drain or args.flower, as_json=args.json
@@ -37,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from tasks import status
+    from tasks.ops import status
 
     report = status.collect()
     print(json.dumps(report, indent=2) if args.json else status.render(report))
@@ -45,7 +52,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from tasks.redrive import redrive
+    from tasks.ops.redrive import redrive
 
     print(redrive(limit=args.limit, dry_run=args.dry_run))
     return 0
@@ -53,8 +60,9 @@ def _redrive(args: argparse.Namespace) -> int:
 
 def _recovery_command(work: Callable[[Any, Any], list[str]]) -> int:
     """Run `work(connection, masker)`, print its lines; a refusal exits 2 with its reason."""
-    from tasks import recovery, store
-    from tasks.batch import load_masker
+    from tasks.ops import recovery
+    from tasks.pipeline import store
+    from tasks.pipeline.service import load_masker
 
     conn = store.connect(config.database_url())
     try:
@@ -68,7 +76,7 @@ def _recovery_command(work: Callable[[Any, Any], list[str]]) -> int:
 
 
 def _unmask(args: argparse.Namespace) -> int:
-    from tasks import recovery
+    from tasks.ops import recovery
 
     def work(conn: Any, masker: Any) -> list[str]:
         tokens = recovery.tokens_from_query(conn, args.query) if args.query else args.tokens
@@ -79,7 +87,7 @@ def _unmask(args: argparse.Namespace) -> int:
 
 
 def _rekey(args: argparse.Namespace) -> int:
-    from tasks import recovery
+    from tasks.ops import recovery
 
     return _recovery_command(lambda conn, masker: [f"re-keyed {recovery.rekey(conn, masker, args.batch)} rows"])
 
@@ -87,7 +95,7 @@ def _rekey(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tasks import bench
+    from tasks.dev import bench
 
     out = Path(args.out)
     print(bench.report(bench.bench(args.events, out), out))
@@ -95,7 +103,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from tasks.health import alive
+    from tasks.ops.health import alive
 
     return 0 if alive(args.max_age) else 1
 

@@ -17,7 +17,7 @@ import time
 from botocore.exceptions import ClientError
 
 import celeryconfig as config
-from tasks import aws
+from tasks.broker import aws
 
 REPLY, EVENTS = "-reply-celery-pidbox", "celeryev-"
 

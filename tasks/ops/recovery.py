@@ -15,8 +15,8 @@ from collections.abc import Iterable
 
 import psycopg2.extras
 
-from tasks import store
-from tasks.masking import Masker, TokenError, parse_token
+from tasks.pipeline import store
+from tasks.pipeline.masking import Masker, TokenError, parse_token
 
 FIELDS = {"ip": "masked_ip", "device_id": "masked_device_id"}
 

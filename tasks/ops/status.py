@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import celeryconfig as config
-from tasks import aws, store
+from tasks.broker import aws
+from tasks.pipeline import store
 
 TASK_QUEUES = (config.FETCH_QUEUE, config.BATCH_QUEUE, f"{config.BATCH_QUEUE}-dlq")
 

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import celeryconfig as config
-from tasks import seed, stack, status
+from tasks.dev import seed, stack
+from tasks.ops import status
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import errorcodes
 
-INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
+INIT_SQL = Path(__file__).resolve().parents[2] / "init.sql"
 COLUMNS = (
     "message_id",
     "user_id",
@@ -56,6 +57,10 @@ class MaskedRow:
     locale: str | None
     app_version: int | None
     create_date: date
+
+    def copy_line(self) -> str:
+        """The row as one line of COPY's text format."""
+        return "\t".join(_copy_text(v) for v in astuple(self)) + "\n"
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,7 @@ def _copy_text(value: object) -> str:
 
 def insert_rows(cur: Cursor, rows: Sequence[MaskedRow]) -> int:
     """COPY rows into the temporary table and move the new ones; returns how many."""
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write("\t".join(_copy_text(v) for v in astuple(row)) + "\n")
-    buffer.seek(0)
+    buffer = io.StringIO("".join(row.copy_line() for row in rows))
     cur.execute("TRUNCATE incoming_logins")
     cur.copy_expert(f"COPY incoming_logins ({_COLUMN_LIST}) FROM STDIN", buffer)
     cur.execute(
@@ -111,9 +113,12 @@ def insert_rows(cur: Cursor, rows: Sequence[MaskedRow]) -> int:
 
 
 def database_reason(exc: psycopg2.Error) -> str:
-    """The first line of the server's message: it names the problem, not the row."""
-    text = (exc.pgerror or str(exc)).strip().splitlines()
-    return "database refused the record: " + (text[0].removeprefix("ERROR:").strip() if text else type(exc).__name__)
+    """What the server refused, by its error code and the column or constraint it names;
+    never its message, which can quote the value ('invalid input syntax ...: "x"')."""
+    what = errorcodes.lookup(exc.pgcode).lower() if exc.pgcode else type(exc).__name__
+    diag = exc.diag
+    where = diag.column_name or diag.constraint_name
+    return f"database refused the record: {what}" + (f" ({where})" if where else "")
 
 
 def insert_isolating(cur: Cursor, rows: Sequence[MaskedRow]) -> tuple[int, list[tuple[MaskedRow, str]]]:

@@ -20,8 +20,10 @@ import psutil
 from tqdm import tqdm
 
 import celeryconfig as config
-from tasks import aws, runner, seed, stack, store
-from tasks.source import Received, SourceQueue
+from tasks.broker import aws
+from tasks.dev import runner, seed, stack
+from tasks.pipeline import store
+from tasks.pipeline.source import Received, SourceQueue
 
 T = TypeVar("T")
 
@@ -57,9 +59,7 @@ def ceiling(bodies: list[str]) -> float:
 
 def stages(bodies: list[str]) -> dict[str, float]:
     """Milliseconds per stage for one batch, measured on the real services."""
-    from tasks.batch import mask_event, pipeline
-    from tasks.fetch import source_queue
-    from tasks.records import parse_batch
+    from tasks.pipeline.service import pipeline, prepare, source_queue
 
     size = min(config.BATCH_SIZE, len(bodies))
     seed.send(config.SOURCE_QUEUE, bodies[:size])
@@ -79,8 +79,8 @@ def stages(bodies: list[str]) -> dict[str, float]:
             QueueUrl=aws.queue_url(CEILING_QUEUE), MessageBody=json.dumps([r.message.as_args() for r in received])
         ),
     )
-    events, _ = timed("parse", lambda: parse_batch([r.message for r in received]))
-    rows = timed("mask", lambda: [mask_event(e, pipeline().masker)[0] for e in events])
+    ready, _ = timed("parse and mask", lambda: prepare([r.message for r in received], pipeline().masker))
+    rows = [p.row for p in ready]
     conn = store.connect_writer(config.database_url())
     with conn, conn.cursor() as cur:
         timed("insert", lambda: store.insert_rows(cur, rows))

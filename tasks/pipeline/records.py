@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from tasks.versions import UnencodableVersion, encode_app_version
+from tasks.pipeline.versions import UnencodableVersion, encode_app_version
 
 # Column widths of user_logins for the fields stored as given.
 TEXT_LIMITS = {"user_id": 128, "device_type": 32, "locale": 32}

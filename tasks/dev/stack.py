@@ -22,10 +22,10 @@ from pathlib import Path
 from types import ModuleType
 
 import celeryconfig as config
-from tasks import aws, store
-from tasks.keys import create_development_key
+from tasks.ops import provision
+from tasks.pipeline.keys import create_development_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCALSTACK_REQUIREMENTS = ROOT / "requirements-localstack.txt"
 
 
@@ -164,67 +164,23 @@ def stop_postgres() -> None:
     say("PostgreSQL stopped")
 
 
-# --- Queues, schema, key ---------------------------------------------------------------
-def _create_queue(name: str, attributes: dict[str, str]) -> str:
-    sqs = aws.client("sqs")
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)  # also for queues that existed
-    return url
-
-
-def _arn(url: str) -> str:
-    return aws.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-
-def _redrive(dead_letter_url: str, max_receives: int) -> str:
-    return json.dumps({"deadLetterTargetArn": _arn(dead_letter_url), "maxReceiveCount": str(max_receives)})
-
-
-def create_queues() -> None:
-    """login-queue and its DLQ, and Celery's queues with their own DLQ and timeouts."""
-    retention = {"MessageRetentionPeriod": str(14 * 24 * 3600)}
-    dlq = _create_queue(config.DEAD_LETTER_QUEUE, retention)
-    _create_queue(
-        config.SOURCE_QUEUE,
-        {
-            **retention,
-            "VisibilityTimeout": str(config.SOURCE_VISIBILITY_TIMEOUT),
-            "RedrivePolicy": _redrive(dlq, config.SOURCE_MAX_RECEIVES),
-        },
-    )
-    prefix = config.CELERY_QUEUE_PREFIX
-    task_dlq = _create_queue(f"{prefix}{config.BATCH_QUEUE}-dlq", retention)
-    for queue in (config.FETCH_QUEUE, config.BATCH_QUEUE):
-        _create_queue(
-            f"{prefix}{queue}",
-            {
-                "VisibilityTimeout": str(config.TASK_VISIBILITY_TIMEOUT),
-                "RedrivePolicy": _redrive(task_dlq, 5),
-            },
-        )
-
-
+# --- Key ---------------------------------------------------------------------------
 def ensure_key() -> None:
     if config.MASKING_KEYS:
         return
     path = Path(config.MASKING_KEYS_FILE)
-    if create_development_key(path):
+    if create_development_key(path, config.STACK_DIR):
         say(f"made a development masking key in {path} (for this machine only)")
     else:
         say(f"masking key: {path}")
-
-
-def init() -> None:
-    create_queues()
-    store.apply_schema(config.database_url())
-    say("queues and schema ready")
 
 
 def up() -> None:
     config.STACK_DIR.mkdir(parents=True, exist_ok=True)
     start_localstack()
     start_postgres()
-    init()
+    provision.init()
+    say("queues and schema ready")
     ensure_key()
 
 

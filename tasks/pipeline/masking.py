@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tasks.keys import KeyRing
+from tasks.pipeline.keys import KeyRing
 
 MODES = {"hmac": "h", "siv": "s"}
 FIELDS = ("ip", "device_id")

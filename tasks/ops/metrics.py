@@ -13,7 +13,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.registry import Collector
 
 import celeryconfig as config
-from tasks import store
+from tasks.pipeline import store
 
 
 class PipelineCollector(Collector):

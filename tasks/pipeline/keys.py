@@ -1,0 +1,123 @@
+"""Masking keys: where they come from, their versions, and the development key.
+
+A key ring maps a key version (a positive integer) to 32 or more random bytes; the
+newest version masks, older ones stay for `unmask` and `rekey`. Keys come from
+MASKING_KEYS ("1:<base64>,2:<base64>") or from MASKING_KEYS_FILE (one "version:base64"
+a line, as a Docker or Kubernetes secret mounts it). A ring that names a version twice
+is refused. Key bytes are never logged or put in a task's arguments.
+
+The development key that `stack up` makes is known by its bytes (they begin with
+DEVELOPMENT_PREFIX), wherever it is copied, and the stack keeps its fingerprint beside
+itself (STACK_DIR/development-key.sha256). Everything that masks or unmasks refuses a
+development key unless that file, in the configured STACK_DIR, names this very key:
+outside the embedded stack that made it, it is refused by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_BYTES = 32
+DEVELOPMENT_PREFIX = b"login-pipeline-dev-key:"
+FINGERPRINT_FILE = "development-key.sha256"
+
+
+class MaskingKeyError(RuntimeError):
+    """No usable masking key."""
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    keys: dict[int, bytes]
+
+    @property
+    def current_version(self) -> int:
+        return max(self.keys)
+
+    @property
+    def development(self) -> bool:
+        return any(key.startswith(DEVELOPMENT_PREFIX) for key in self.keys.values())
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(b"".join(self.keys[v] for v in sorted(self.keys))).hexdigest()
+
+    def key(self, version: int) -> bytes:
+        try:
+            return self.keys[version]
+        except KeyError:
+            raise MaskingKeyError(f"masking key version {version} is not loaded") from None
+
+    def __repr__(self) -> str:  # never show key bytes
+        return f"KeyRing(versions={sorted(self.keys)}, development={self.development})"
+
+
+def _entry(entry: str) -> tuple[int, bytes]:
+    version, _, encoded = entry.partition(":")
+    try:
+        key = base64.b64decode(encoded.strip(), validate=True)
+    except ValueError:
+        key = b""
+    if not version.strip().isdigit() or int(version) < 1 or len(key) < KEY_BYTES:
+        raise MaskingKeyError(f"a masking key entry is not 'version:base64' of {KEY_BYTES}+ bytes")
+    return int(version), key
+
+
+def parse_key_ring(text: str) -> KeyRing:
+    """Read "version:base64" entries, separated by commas or new lines ('#' comments)."""
+    keys: dict[int, bytes] = {}
+    lines = [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
+    for entry in (e.strip() for line in lines for e in line.split(",")):
+        if not entry:
+            continue
+        version, key = _entry(entry)
+        if version in keys:
+            raise MaskingKeyError(f"the masking key ring names version {version} twice")
+        keys[version] = key
+    if not keys:
+        raise MaskingKeyError("no masking key is configured (MASKING_KEYS or MASKING_KEYS_FILE)")
+    return KeyRing(keys)
+
+
+def load_key_ring(inline: str, path: str) -> KeyRing:
+    """The key ring from the inline setting, else from the key file."""
+    if inline:
+        return parse_key_ring(inline)
+    if path and Path(path).exists():
+        return parse_key_ring(Path(path).read_text())
+    raise MaskingKeyError("no masking key is configured (MASKING_KEYS or MASKING_KEYS_FILE)")
+
+
+def refuse_development_key(keys: KeyRing, stack_dir: Path) -> None:
+    """MaskingKeyError for a development key outside the embedded stack that made it."""
+    if not keys.development:
+        return
+    marker = stack_dir / FINGERPRINT_FILE
+    if not (marker.exists() and marker.read_text().strip() == keys.fingerprint()):
+        raise MaskingKeyError(
+            "the development key may only mask inside the embedded stack that made it; configure a key of your own"
+        )
+
+
+def new_key_line(version: int, prefix: bytes = b"") -> str:
+    key = prefix + secrets.token_bytes(KEY_BYTES)
+    return f"{version}:{base64.b64encode(key).decode()}"
+
+
+def create_development_key(path: Path, stack_dir: Path) -> bool:
+    """Write a fresh development key ring to `path` unless one is there, and mark it
+    as this stack's by its fingerprint in `stack_dir`."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = new_key_line(1, DEVELOPMENT_PREFIX)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# development key: made by the embedded stack, for this machine only\n" + line + "\n")
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    (stack_dir / FINGERPRINT_FILE).write_text(parse_key_ring(line).fingerprint() + "\n")
+    return True

@@ -1,0 +1,182 @@
+"""Mask and insert, as plain functions: what one batch task does, without Celery.
+
+Every step that looks at one record (parse, validate, normalise, mask, encode for
+COPY) runs under that record's own handling (`prepare`): whatever it raises makes that
+record a dead letter with a reason, and its neighbours still become rows. The batch is
+then written in one transaction (tasks.pipeline.store). A batch given up whole (a
+permanent error, or its retries exhausted) goes to the dead-letter path and into the
+ledger like any dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from time import monotonic
+
+import psycopg2
+
+import celeryconfig as config
+from tasks.pipeline import store
+from tasks.pipeline.deadletter import DeadLetterQueue
+from tasks.pipeline.keys import KeyRing, load_key_ring, refuse_development_key
+from tasks.pipeline.masking import Masker
+from tasks.pipeline.records import DeadLetter, Invalid, SourceMessage, parse_event
+from tasks.pipeline.retry import describe
+from tasks.pipeline.source import Received, SourceQueue
+
+log = logging.getLogger(__name__)
+TOO_LARGE = "too large"
+
+
+def load_key_ring_checked() -> KeyRing:
+    """The configured key ring; MaskingKeyError if there is none, or if it is the
+    embedded stack's development key outside the stack that made it."""
+    keys = load_key_ring(config.MASKING_KEYS, config.MASKING_KEYS_FILE)
+    refuse_development_key(keys, config.STACK_DIR)
+    return keys
+
+
+def load_masker() -> Masker:
+    return Masker(load_key_ring_checked(), config.MASKING_MODE)
+
+
+@dataclass
+class Pipeline:
+    """What a worker process keeps between batches."""
+
+    masker: Masker
+    _conn: store.Connection | None = field(default=None, repr=False)
+
+    def connection(self) -> store.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = store.connect_writer(config.database_url())
+        return self._conn
+
+    def reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+
+@cache
+def pipeline() -> Pipeline:
+    return Pipeline(load_masker())
+
+
+@cache
+def dead_letter_queue() -> DeadLetterQueue:
+    """Apart from the pipeline, so that a batch can be dead-lettered when masking fails."""
+    return DeadLetterQueue(config.DEAD_LETTER_QUEUE, config.DEAD_LETTER_KEEP_BODY)
+
+
+@cache
+def source_queue() -> SourceQueue:
+    return SourceQueue(config.SOURCE_QUEUE, config.SOURCE_VISIBILITY_TIMEOUT, config.FETCH_RECEIVERS)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A record made ready to write: its row, and whether its ip was an address."""
+
+    row: store.MaskedRow
+    ip_is_address: bool
+
+
+def mask_record(message: SourceMessage, masker: Masker) -> Prepared:
+    """Parse, mask and encode one record; raises for a record that cannot be a row."""
+    event = parse_event(message)
+    masked_ip, is_address = masker.mask_ip(event.ip) if event.ip is not None else (None, True)
+    masked_device = masker.mask_device_id(event.device_id) if event.device_id is not None else None
+    row = store.MaskedRow(
+        event.message_id,
+        event.user_id,
+        event.device_type,
+        masked_ip,
+        masked_device,
+        event.locale,
+        event.app_version,
+        event.create_date,
+    )
+    row.copy_line()  # encoding for COPY fails here, for this record alone
+    return Prepared(row, is_address)
+
+
+def prepare(messages: list[SourceMessage], masker: Masker) -> tuple[list[Prepared], list[DeadLetter]]:
+    """Each message made ready, or a dead letter with its reason: never raises for a record."""
+    ready: list[Prepared] = []
+    letters: list[DeadLetter] = []
+    for message in messages:
+        try:
+            ready.append(mask_record(message, masker))
+        except Invalid as exc:
+            letters.append(DeadLetter(message, str(exc)))
+        except Exception as exc:  # a record no rule foresaw: it alone is set apart
+            letters.append(DeadLetter(message, f"record could not be masked: {describe(exc)}"))
+    return ready, letters
+
+
+def write_batch(pipe: Pipeline, messages: list[SourceMessage], task_id: str | None) -> store.BatchCounts:
+    """Parse, mask and write a batch in one transaction; returns its counts.
+
+    Duplicates are deliveries whose message was already a row or a dead letter
+    (or came twice in this batch): received = inserted + dead_lettered + duplicates.
+    """
+    started = monotonic()
+    ready, letters = prepare(messages, pipe.masker)
+    by_id = {m.message_id: m for m in messages}
+    conn = pipe.connection()
+    try:
+        with conn.cursor() as cur:
+            inserted, refused = store.insert_isolating(cur, [p.row for p in ready])
+            letters += [DeadLetter(by_id[row.message_id], reason) for row, reason in refused]
+            new = _dead_letter(cur, letters)
+            counts = store.BatchCounts(
+                received=len(messages),
+                inserted=inserted,
+                duplicates=len(messages) - inserted - new,
+                dead_lettered=new,
+                non_address_ips=sum(not p.ip_is_address for p in ready),
+            )
+            store.record_batch(cur, task_id, counts, monotonic() - started)
+        conn.commit()
+    except BaseException:
+        pipe.reset()
+        raise
+    return counts
+
+
+def _dead_letter(cur: store.Cursor, letters: list[DeadLetter]) -> int:
+    """Note dead letters in the ledger and send those not noted before; returns how many."""
+    unique = {letter.message.message_id: letter for letter in letters}
+    new = store.record_dead_letters(cur, {i: letter.reason for i, letter in unique.items()})
+    dead_letter_queue().send(letter for i, letter in unique.items() if i in new)
+    return len(new)
+
+
+def give_up(pipe: Pipeline, messages: list[SourceMessage], reason: str, task_id: str | None) -> store.BatchCounts:
+    """Send a whole batch to the dead-letter path, noted in the ledger like any dead
+    letter. Where the database is the failure, the letters are sent all the same and
+    the ledger is left as it was (logged); if SQS refuses too, this raises and the
+    task's message stays for the batch queue's own redrive policy."""
+    log.error("batch of %d messages dead-lettered: %s", len(messages), reason)
+    letters = [DeadLetter(m, reason) for m in messages]
+    counts = store.BatchCounts(received=len(messages), inserted=0, duplicates=0, dead_lettered=len(messages))
+    try:
+        conn = pipe.connection()
+        with conn.cursor() as cur:
+            new = _dead_letter(cur, letters)
+            counts = store.BatchCounts(len(messages), 0, len(messages) - new, new)
+            store.record_batch(cur, task_id, counts, 0.0)
+        conn.commit()
+    except psycopg2.Error as exc:
+        pipe.reset()
+        log.error("ledger not updated for a batch given up (%s); its letters go to the queue", describe(exc))
+        dead_letter_queue().send(letters)
+    return counts
+
+
+def dead_letter_too_large(received: list[Received]) -> None:
+    """Messages too large for any batch task: dead letters, straight from the fetch."""
+    give_up(pipeline(), [r.message for r in received], TOO_LARGE, None)
