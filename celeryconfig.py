@@ -130,6 +130,13 @@ broker_transport_options = {
     "wait_time_seconds": _int("BROKER_WAIT_SECONDS", 1),
     "polling_interval": _float("BROKER_POLLING_INTERVAL", 0.1),
     "supports_fanout": True,
+    # Bounded calls: botocore's defaults (60 s, several retries) could hold a warm
+    # shutdown for minutes while SQS is unreachable.
+    "client-config": {
+        "connect_timeout": 3,
+        "read_timeout": _int("BROKER_WAIT_SECONDS", 1) + 10,
+        "retries": {"mode": "standard", "max_attempts": 2},
+    },
 }
 broker_connection_retry_on_startup = True
 
@@ -158,9 +165,11 @@ worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1)
 worker_concurrency = _int("WORKER_CONCURRENCY", 4)
 worker_max_memory_per_child = _int("WORKER_MAX_MEMORY_KB", 400_000)
 worker_hijack_root_logger = False
-# A batch is killed well before SQS would hand its message to another worker.
+# A batch is killed well before SQS would hand its message to another worker. Its SQL
+# statements time out first (a lock, a slow disk), and the batch is retried.
 task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
 task_soft_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.6)
+STATEMENT_TIMEOUT_MS = _int("STATEMENT_TIMEOUT_MS", int(task_soft_time_limit * 750))
 
 # Task events feed Flower. Sent without persistent delivery to keep them cheap.
 worker_send_task_events = _bool("WORKER_SEND_TASK_EVENTS", True)

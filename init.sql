@@ -38,17 +38,35 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
     finished_at         timestamptz NOT NULL DEFAULT now()
 );
 
--- Every recovery of a masked value: who, when, which token, why. Append-only for the
--- recovery role (no select, update or delete).
+-- Every recovery of a masked value: who, when, which token, under which filter, why.
+-- Written only through record_unmask() below, which sets the time and the database user
+-- itself: the recovery role can neither insert directly nor read, change or delete.
 CREATE TABLE IF NOT EXISTS unmask_audit (
     id                  bigserial PRIMARY KEY,
-    recovered_by        text NOT NULL DEFAULT current_user,
-    os_user             text,
+    recovered_by        text NOT NULL DEFAULT session_user,
+    os_user             text,  -- no longer written: the client could claim any name
     recovered_at        timestamptz NOT NULL DEFAULT now(),
     field               text NOT NULL,
     token               text NOT NULL,
     reason              text NOT NULL CHECK (length(trim(reason)) > 0)
 );
+ALTER TABLE unmask_audit ADD COLUMN IF NOT EXISTS filter text;
+
+CREATE OR REPLACE FUNCTION record_unmask(p_field text, p_tokens text[], p_reason text, p_filter text)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH written AS (
+        INSERT INTO public.unmask_audit (recovered_by, recovered_at, field, token, reason, filter)
+        SELECT session_user, statement_timestamp(), p_field, token, p_reason, p_filter
+        FROM unnest(p_tokens) AS token
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM written
+$$;
+REVOKE ALL ON FUNCTION record_unmask(text, text[], text, text) FROM PUBLIC;
 
 -- Least-privilege roles (NOLOGIN: grant them to login users of your own).
 DO $$
@@ -73,7 +91,8 @@ GRANT INSERT, SELECT (message_id) ON dead_letters TO login_pipeline_writer;
 GRANT USAGE ON SEQUENCE ingest_batches_id_seq TO login_pipeline_writer;
 -- The analyst reads the masked table and nothing else.
 GRANT SELECT ON user_logins TO login_analyst;
--- Recovery reads tokens and can only append to the audit.
+-- Recovery reads tokens and audits only through record_unmask().
 GRANT SELECT ON user_logins TO login_recovery;
-GRANT INSERT ON unmask_audit TO login_recovery;
-GRANT USAGE ON SEQUENCE unmask_audit_id_seq TO login_recovery;
+REVOKE INSERT ON unmask_audit FROM login_recovery;
+REVOKE USAGE ON SEQUENCE unmask_audit_id_seq FROM login_recovery;
+GRANT EXECUTE ON FUNCTION record_unmask(text, text[], text, text) TO login_recovery;

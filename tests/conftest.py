@@ -8,11 +8,11 @@ reuses the LocalStack install in .stack/localstack-venv (made once, on first use
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
+import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -54,28 +54,31 @@ os.environ.update(
 import celeryconfig as config  # noqa: E402
 from tasks.broker import aws  # noqa: E402
 from tasks.pipeline import store  # noqa: E402
-from tests.helpers import Worker  # noqa: E402
+from tests.helpers import Worker, kill_all, processes_of, python_m_tasks  # noqa: E402
 
 
-def python_m_tasks(
-    *args: str, timeout: float = 600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tasks", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """After the suite, passed or failed, no process it started is left: every group it
+    started is killed, and anything else that still names its stack folder fails it."""
+    yield
+    kill_all()
+    left = processes_of(STACK_DIR)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running by the suite (now killed): {left}"
 
 
 @pytest.fixture(scope="session")
 def test_stack(request: pytest.FixtureRequest) -> Iterator[None]:
-    result = python_m_tasks("stack", "up")
-    assert result.returncode == 0, result.stderr
-    yield
-    python_m_tasks("stack", "down")
+    try:
+        result = python_m_tasks("stack", "up")
+        assert result.returncode == 0, result.stderr
+        yield
+    finally:
+        kill_all()  # workers and Flowers first, so that nothing talks to a stopping stack
+        python_m_tasks("stack", "down")
     if request.session.testsfailed:
         print(f"\ntest stack kept for its logs: {STACK_DIR}")
     else:

@@ -1,10 +1,13 @@
-"""Helpers of the tests: a real worker process, and waiting for a condition."""
+"""The tests' shared helpers: real processes (started, tracked and always killed with
+their process group), waiting for a condition, free ports, a TCP outage proxy, and
+reading the queues and the ledger the way an operator would."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,37 +16,98 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import celeryconfig as config
+from tasks.broker import aws
 from tasks.dev import runner
+from tasks.ops import status
+from tasks.pipeline import store
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+def spawn(command: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process in a session (process group) of its own, tracked for `kill_all`."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
+    try:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            out.close()
+    STARTED.append(process)
+    return process
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process and everything in its process group, and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+def kill_all() -> None:
+    """Kill every process group the tests started, whatever their outcome."""
+    while STARTED:
+        kill_group(STARTED.pop())
+
+
+def processes_of(stack_dir: Path) -> list[int]:
+    """Pids of the processes whose environment names this stack folder: everything the
+    suite started, directly or through `python -m tasks`."""
+    marker = f"STACK_DIR={stack_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+def stacks_of(pid: int) -> str:
+    """Every thread's stack of a live process (py-spy), to say where it hangs."""
+    spy = Path(sys.executable).parent / "py-spy"
+    try:
+        result = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stacks: {exc!r})"
+    return result.stdout[-6000:] or result.stderr[-2000:]
 
 
 class Worker:
     """A real `celery -A tasks worker` process (and beat, if asked)."""
 
     def __init__(
-        self, name: str, beat: bool = False, env: dict[str, str] | None = None, heartbeat: bool = False
+        self,
+        name: str,
+        beat: bool = False,
+        env: dict[str, str] | None = None,
+        heartbeat: bool = False,
+        args: list[str] | None = None,
     ) -> None:
         self.name = name
         self.log = config.STACK_DIR / f"{name}.log"
-        command = [*runner.worker_command(name), "--without-mingle"]
+        command = [*runner.worker_command(name), "--without-mingle", *(args or [])]
         if not heartbeat:
             command.append("--without-heartbeat")
         if beat:
             command.append("--beat")
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-            )
+        self.process = spawn(command, self.log, env)
         self.wait_for("ready.")
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
@@ -55,13 +119,20 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a crash would."""
-        os.killpg(self.process.pid, 9)
-        self.process.wait(timeout=30)
+        kill_group(self.process)
 
-    def stop(self, sig: int = 15) -> int:
+    def stop(self, sig: int = signal.SIGTERM, within: float = 60) -> int:
+        """Signal the worker and wait for it to exit; past `within` seconds it is killed
+        with its process group and the test fails. Its group is always gone after."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout=60)
+        try:
+            return self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            stacks = stacks_of(self.process.pid)
+            raise AssertionError(f"{self.name} did not exit within {within} s of signal {sig}:\n{stacks}") from None
+        finally:
+            kill_group(self.process)
 
 
 def free_port() -> int:
@@ -141,12 +212,80 @@ def flower_api(port: int, path: str) -> object:
 
 
 def start_flower(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
-        cwd=ROOT,
-        env={**os.environ, "FLOWER_PORT": str(port), **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        config.STACK_DIR / f"flower-{port}.log",
+        {"FLOWER_PORT": str(port), **(env or {})},
     )
     wait_until(lambda: flower_api(port, "/healthcheck") == "OK", timeout=30, what="Flower")
     return process
+
+
+def python_m_tasks(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m tasks ...` as a user would; its process group is killed after."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tasks", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    STARTED.append(process)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def send_with_ids(messages: dict[str, str]) -> None:
+    """Send bodies under fixed message ids, as a redrive carries them (signed)."""
+    from tasks.pipeline.service import load_key_ring_checked
+    from tasks.pipeline.source import redrive_attributes
+
+    keys = load_key_ring_checked()
+    sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
+    for chunk in aws.chunks(list(messages.items())):
+        entries = [
+            {"Id": str(i), "MessageBody": body, "MessageAttributes": redrive_attributes(mid, keys)}
+            for i, (mid, body) in enumerate(chunk)
+        ]
+        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+
+
+def dead_letters(queue: str | None = None) -> list[dict[str, Any]]:
+    """Every message now visible in a dead-letter queue (hidden for 30 s once read)."""
+    sqs, url, found = aws.client("sqs"), aws.queue_url(queue or config.DEAD_LETTER_QUEUE), []
+    while got := sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=30
+    ).get("Messages"):
+        found += got
+    return found
+
+
+def dead_letter_ids() -> dict[str, str]:
+    """Every dead letter now in login-queue-dlq: original id -> reason."""
+    return {
+        m["MessageAttributes"]["source_message_id"]["StringValue"]: m["MessageAttributes"]["reason"]["StringValue"]
+        for m in dead_letters()
+    }
+
+
+def drained(db: store.Connection, expected: int, timeout: float = 120) -> dict[str, int]:
+    """The totals once `expected` messages were processed and the queues are idle."""
+
+    def done() -> dict[str, int] | None:
+        totals = store.totals(db)
+        return totals if totals["received"] >= expected and status.pipeline_idle(status.collect()) else None
+
+    return wait_until(done, timeout=timeout, what=f"{expected} messages processed")
+
+
+def settle(timeout: float = 240) -> None:
+    """Until login-queue and the batch queue stayed empty three polls in a row."""
+    runner.wait_until_drained(timeout, poll=1, settle=3)

@@ -3,7 +3,7 @@ keeps it working, and asserts nothing about speed)."""
 
 import json
 
-from tests.conftest import python_m_tasks
+from tests.helpers import python_m_tasks
 
 
 def test_bench_prints_figures_and_writes_json_and_a_chart(clean, tmp_path) -> None:

@@ -10,8 +10,7 @@ import celeryconfig as config
 from tasks.broker import aws
 from tasks.dev import seed
 from tasks.pipeline import store
-from tests.conftest import python_m_tasks
-from tests.test_pipeline import dead_letters, send_with_ids
+from tests.helpers import dead_letters, python_m_tasks, send_with_ids
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -134,8 +134,7 @@ def test_flower_removes_its_event_queue_when_it_exits(flower) -> None:
 
 
 def test_liveness_follows_the_worker_heartbeat(test_stack, tmp_path) -> None:
-    from tests.conftest import python_m_tasks
-    from tests.helpers import Worker
+    from tests.helpers import Worker, python_m_tasks
 
     health = {"WORKER_HEALTH_FILE": str(tmp_path / "alive" / "worker.alive")}
     worker = Worker("heartbeat", env=health, heartbeat=True)

@@ -9,8 +9,7 @@ import pytest
 
 import celeryconfig as config
 from tasks.dev import seed
-from tests.helpers import Worker, wait_until
-from tests.test_pipeline import dead_letter_ids
+from tests.helpers import Worker, dead_letter_ids, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -9,36 +9,9 @@ import pytest
 import celeryconfig as config
 from tasks.broker import aws
 from tasks.dev import seed
-from tasks.ops import status
-from tasks.pipeline import store
-from tests.helpers import wait_until
+from tests.helpers import dead_letters, drained, send_with_ids
 
 pytestmark = pytest.mark.usefixtures("clean")
-
-
-def drained(db, expected: int) -> dict[str, int]:
-    def done() -> dict[str, int] | None:
-        totals = store.totals(db)
-        return totals if totals["received"] >= expected and status.pipeline_idle(status.collect()) else None
-
-    return wait_until(done, timeout=120, what=f"{expected} messages processed")
-
-
-def dead_letters() -> list[dict]:
-    sqs, url, found = aws.client("sqs"), aws.queue_url(config.DEAD_LETTER_QUEUE), []
-    while got := sqs.receive_message(
-        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=30
-    ).get("Messages"):
-        found += got
-    return found
-
-
-def dead_letter_ids() -> dict[str, str]:
-    """Every dead letter now in login-queue-dlq: original id -> reason."""
-    return {
-        m["MessageAttributes"]["source_message_id"]["StringValue"]: m["MessageAttributes"]["reason"]["StringValue"]
-        for m in dead_letters()
-    }
 
 
 def test_the_exercise_sample_flows_masked_into_the_table(worker, db) -> None:
@@ -58,21 +31,6 @@ def test_the_exercise_sample_flows_masked_into_the_table(worker, db) -> None:
     [letter] = dead_letters()
     assert letter["MessageAttributes"]["reason"]["StringValue"] == "user_id is missing"
     assert json.loads(letter["Body"]) == {"foo": "oops_wrong_msg_type", "bar": "123"}
-
-
-def send_with_ids(messages: dict[str, str]) -> None:
-    """Send bodies under fixed message ids, as a redelivery or a redrive carries them."""
-    sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
-    for chunk in aws.chunks(list(messages.items())):
-        entries = [
-            {
-                "Id": str(i),
-                "MessageBody": body,
-                "MessageAttributes": {"source_message_id": {"DataType": "String", "StringValue": mid}},
-            }
-            for i, (mid, body) in enumerate(chunk)
-        ]
-        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
 
 
 def test_redelivered_messages_add_no_rows_and_are_counted(worker, db) -> None:
@@ -105,18 +63,22 @@ def test_redrive_replays_dead_letters_and_a_still_bad_record_comes_back_with_its
     from tasks.ops.redrive import redrive
     from tasks.pipeline.deadletter import DeadLetterQueue
     from tasks.pipeline.records import DeadLetter, SourceMessage
+    from tasks.pipeline.service import load_key_ring_checked
 
     seed.send(config.SOURCE_QUEUE, ["{still bad"])
     drained(db, 1)
     # A good record that a failing batch sent whole to the dead-letter path.
     good = SourceMessage("given-up-1", 1_700_000_000_000, json.dumps({"user_id": "u-1", "ip": "10.0.0.1"}))
-    DeadLetterQueue(config.DEAD_LETTER_QUEUE).send([DeadLetter(good, "gave up after 8 retries: OperationalError")])
+    keys = load_key_ring_checked()
+    DeadLetterQueue(config.DEAD_LETTER_QUEUE, keys).send(
+        [DeadLetter(good, "gave up after 8 retries: OperationalError")]
+    )
 
-    dry = redrive(dry_run=True)
+    dry = redrive(keys, dry_run=True)
     assert dry.moved == 0 and sum(dry.reasons.values()) == 2
     assert aws.queue_depth(config.DEAD_LETTER_QUEUE)["visible"] == 2  # a dry run hands them back
 
-    assert redrive().moved == 2
+    assert redrive(keys).moved == 2
     totals = drained(db, 3)
     assert totals["rows"] == 1 and totals["dead_letters"] == 1
     [letter] = dead_letters()

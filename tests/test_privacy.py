@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -19,8 +20,17 @@ from tasks.ops import recovery
 from tasks.pipeline import store
 from tasks.pipeline.keys import parse_key_ring
 from tasks.pipeline.masking import Masker, TokenError
-from tests.helpers import ROOT, Worker, flower_api, start_flower, wait_until
-from tests.test_faults import settle
+from tests.helpers import (
+    ROOT,
+    Worker,
+    flower_api,
+    free_port,
+    kill_group,
+    python_m_tasks,
+    settle,
+    start_flower,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("clean")
 KEY1 = f"1:{base64.b64encode(b'k' * 32).decode()}"
@@ -82,9 +92,36 @@ def test_the_analyst_reads_user_logins_only(db) -> None:
 
 def test_the_recovery_role_can_only_append_to_the_audit(db) -> None:
     as_role(db, "login_recovery")
-    assert not denied(db, "INSERT INTO unmask_audit (field, token, reason) VALUES ('ip', 't', 'r')")
-    for sql in ("SELECT * FROM unmask_audit", "DELETE FROM unmask_audit", "UPDATE unmask_audit SET reason = 'x'"):
+    forged = "INSERT INTO unmask_audit (recovered_by, recovered_at, field, token, reason)"
+    for sql in (
+        f"{forged} VALUES ('alice', '2020-01-01', 'ip', 't', 'r')",
+        "SELECT * FROM unmask_audit",
+        "DELETE FROM unmask_audit",
+        "UPDATE unmask_audit SET reason = 'x'",
+    ):
         assert denied(db, sql), sql
+    with db.cursor() as cur:  # the one way in: the database sets who and when
+        cur.execute("SELECT record_unmask('ip', ARRAY['t-forge'], 'r', 'f')")
+        cur.execute("RESET ROLE")
+        cur.execute("SELECT recovered_by = session_user, recovered_at = statement_timestamp() FROM unmask_audit")
+        assert cur.fetchall() == [(True, True)]
+    db.rollback()
+
+
+def test_unmask_takes_filters_not_sql_and_a_hostile_filter_writes_nothing(db) -> None:
+    with db, db.cursor() as cur:
+        cur.execute("TRUNCATE unmask_audit")
+    siv = {"MASKING_MODE": "siv"}
+    query = python_m_tasks(
+        "unmask", "--field", "ip", "--reason", "x", "--query", "commit; delete from unmask_audit", env=siv
+    )
+    assert query.returncode == 2 and "unrecognized arguments" in query.stderr
+    hostile = "x'; commit; insert into unmask_audit (field, token, reason) values ('ip', 'forged', 'forged'); --"
+    result = python_m_tasks("unmask", "--field", "ip", "--reason", "audit test", "--user-id", hostile, env=siv)
+    assert result.returncode == 0, result.stderr
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM unmask_audit")
+        assert cur.fetchone()[0] == 0
     db.rollback()
 
 
@@ -137,22 +174,33 @@ def raw_values(bodies: list[str]) -> set[str]:
         except ValueError:
             continue
         if isinstance(record, dict):
-            found |= {v for k in ("ip", "device_id") if isinstance(v := record.get(k), str) and v}
+            found |= {str(v) for k in ("ip", "device_id") if isinstance(v := record.get(k), str | int) and v}
     return found
 
 
+# What a hostile producer sends to make an error message echo its values.
+HOSTILE_BODIES = [
+    json.dumps({"user_id": "h1", "ip": "198.51.100.7\u00b2", "device_id": "dev-\u00b2-777"}),
+    json.dumps({"user_id": "h2", "ip": "fe80::1%eth0", "device_id": 12345678}),
+    json.dumps({"user_id": "h3", "ip": "203.0.113.9", "device_id": "d" * 200}),
+    json.dumps({"user_id": "h4", "ip": "203.0.113.10", "device_id": "x", "app_version": 2.30}),
+]
+
+
 def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
-    worker = Worker("pii-scan", beat=True, env={"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"})
-    flower = start_flower(5598)
+    env = {"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"}
+    worker = Worker("pii-scan", beat=True, env=env, args=["--loglevel=DEBUG"])
+    port = free_port()
+    flower = start_flower(port)
     try:
-        bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)]
+        bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)] + HOSTILE_BODIES
         raw = raw_values(bodies)
-        wait_until(lambda: flower_api(5598, "/api/tasks"), timeout=60, what="Flower to see task events")
+        wait_until(lambda: flower_api(port, "/api/tasks"), timeout=60, what="Flower to see task events")
         seed.send(config.SOURCE_QUEUE, bodies)
         settle()
-        flower_tasks = json.dumps(flower_api(5598, "/api/tasks"))
+        flower_tasks = json.dumps(flower_api(port, "/api/tasks"))
     finally:
-        flower.terminate()
+        kill_group(flower)
         worker.stop()
     with db.cursor() as cur:
         cur.execute(
@@ -182,7 +230,7 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
     key_file = tmp_path / "masking.keys"
     if keys == "development":
         create_development_key(key_file, tmp_path / "elsewhere")
-    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file), "PIPELINE_ENV": "production"}
+    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file)}
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--without-mingle"],
         cwd=ROOT,
@@ -191,12 +239,16 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "worker refused to start" in result.stdout + result.stderr
+    for command in (["unmask", "--field", "ip", "--reason", "x", "s1:AAAA"], ["rekey"], ["bench", "--events", "1"]):
+        refused = python_m_tasks(*command, env={**env, "MASKING_MODE": "siv"})
+        assert refused.returncode == 2 and refused.stderr.startswith("refused:"), command
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> None:
-    from tests.conftest import python_m_tasks
+    from tests.helpers import python_m_tasks
 
     token = Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv").mask_ip("199.172.111.135")[0]
     ok = python_m_tasks("unmask", "--field", "ip", "--reason", "ticket SEC-9", token, env={"MASKING_MODE": "siv"})
@@ -204,11 +256,40 @@ def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> Non
     other_key = python_m_tasks(
         "unmask", "--field", "ip", "--reason", "x", token, env={"MASKING_MODE": "siv", "MASKING_KEYS": KEY1}
     )
-    assert other_key.returncode == 2 and other_key.stdout.startswith("refused:")
+    assert other_key.returncode == 2 and other_key.stderr.startswith("refused:")
     assert "199.172.111.135" not in other_key.stdout + other_key.stderr
     one_way = python_m_tasks("unmask", "--field", "ip", "--reason", "x", token, env={"MASKING_MODE": "hmac"})
-    assert one_way.returncode == 2 and "one-way" in one_way.stdout
+    assert one_way.returncode == 2 and "one-way" in one_way.stderr
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM unmask_audit WHERE token = %s", (token,))
         assert cur.fetchone()[0] == 1  # only the recovery that succeeded
     db.rollback()
+
+
+def test_the_embedded_localstack_listens_on_the_loopback_only() -> None:
+    """An attacker on the network cannot read the DLQ or inject events."""
+    port = f"{config.LOCALSTACK_PORT:04X}"
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local.endswith(f":{port}"):  # 0A: LISTEN
+                listening.append(local.split(":")[0])
+    assert listening and set(listening) <= {"0100007F", "00000000000000000000000001000000"}, listening
+
+
+def test_a_producer_cannot_choose_the_idempotency_key(db, worker) -> None:
+    """An unsigned or badly signed source_message_id is ignored: the event is a row of its
+    own under its SQS MessageId, and cannot suppress a genuine event's row."""
+    sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
+    for n, signature in enumerate([None, "1:" + "0" * 64]):
+        attributes = {"source_message_id": {"DataType": "String", "StringValue": "victim-1"}}
+        if signature:
+            attributes["source_message_signature"] = {"DataType": "String", "StringValue": signature}
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"user_id": f"forger-{n}"}), MessageAttributes=attributes)
+    settle()
+    with db.cursor() as cur:
+        cur.execute("SELECT message_id FROM user_logins WHERE user_id LIKE 'forger-%'")
+        ids = [r[0] for r in cur.fetchall()]
+    db.rollback()
+    assert len(ids) == 2 and "victim-1" not in ids

@@ -1,7 +1,14 @@
-"""boto3 clients for SQS and SNS, configured once from celeryconfig."""
+"""boto3 clients for SQS and SNS, configured once from celeryconfig.
+
+botocore logs whole request and response bodies at DEBUG (``botocore.endpoint``,
+``botocore.parsers``): a ReceiveMessage response holds raw ip and device_id. Its loggers
+are held at INFO whatever the log level (`quiet_botocore`, run on import), so
+``--loglevel=DEBUG`` shows the pipeline's own debug lines and never a message body.
+"""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -9,6 +16,17 @@ import boto3
 from botocore.config import Config
 
 import celeryconfig as config
+
+BODY_LOGGERS = ("botocore", "boto3", "urllib3")
+
+
+def quiet_botocore() -> None:
+    """Hold the loggers that could print message bodies at INFO."""
+    for name in BODY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+quiet_botocore()
 
 CLIENT_CONFIG = Config(
     connect_timeout=3,

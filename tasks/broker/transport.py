@@ -11,29 +11,50 @@ box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
    in the transport option ``fanout_exchanges`` (default: ``celeryev``) are declared
    as fanout here, so events travel through an SNS topic to every listener's queue.
 3. A pidbox reply goes to a direct exchange whose binding exists only in the client
-   that waits for it. A reply with no local binding is delivered to the queue kombu
-   names after the routing key (``<routing_key>.<exchange>``).
+   that waits for it. A reply for which no local binding matches its routing key is
+   delivered to the queue kombu names after the routing key
+   (``<routing_key>.<exchange>``), also where other reply bindings are known locally.
 4. No-ack messages (pidbox, events) are deleted with the asynchronous client, which
-   needs an event loop; a client process (`celery inspect`, Flower's event thread) has
-   none and failed with ``'NoneType' object has no attribute 'on_close'``. Without a
-   loop they are deleted with the synchronous client.
+   needs the event loop. kombu hands every channel the process-wide loop, so a client
+   channel on another thread (`celery inspect`, Flower, a test) would use the worker's
+   curl client from the wrong thread (``multi_perform() already running``, then a dead
+   worker). The loop is used only from the thread it was registered on
+   (``Transport.register_with_event_loop``); elsewhere a channel has no hub, consumes
+   synchronously and deletes with the synchronous client.
 5. When SQS is unreachable, kombu's asynchronous receive hands its callback a list
    instead of a response, and the AttributeError killed the worker ("Unrecoverable
    error"). A failed receive is taken as no messages; the worker polls again after
    its polling interval and carries on once SQS is back.
+6. A receive that finishes after its channel closed (a warm shutdown, a reply queue
+   deleted while polled) must not run kombu's ``_loop1``, which reads
+   ``self.connection.polling_interval`` of a closed channel: the AttributeError came
+   through the hub's timer and left the worker hanging after ``Warm shutdown``. A closed
+   channel schedules nothing more, and makes what it still received visible again.
+
+Every SQS call the broker makes has bounded timeouts and retries (the transport option
+``client-config``, set in celeryconfig), so no call can hold a shutdown for minutes.
 
 Clean-up: SQS has no auto-delete queues. The per-process queues that kombu declares
 ``auto_delete`` (event receivers, pidbox and reply queues) are deleted, with their SNS
-subscriptions, when the channel closes, and channels still open when the process exits
-are closed then (pooled connections are otherwise never closed). Reply queues are kept
-for reuse until then, since SQS refuses to re-create a queue name within 60 s of
-deleting it. A process killed outright leaves its queues to `python -m tasks stack sweep`.
+subscriptions, when the channel closes; a reply queue as soon as its replies arrived
+(Celery names a new one for every call, so keeping them would leak one queue per call);
+channels still open when the process exits are closed then. A process killed outright
+leaves its queues to `python -m tasks stack sweep`.
+
+kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
+against the installed kombu): ``Channel._lookup``, ``Channel._delete_message``,
+``Channel._on_messages_ready``, ``Channel._release_messages``, ``Channel._loop1``,
+``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
+``Channel.after_reply_message_received``, ``Channel.state.queue_bindings`` and
+``queue_bindings_delete``, ``Transport.register_with_event_loop``. Options read:
+``fanout_exchanges`` (default ``["celeryev"]``), ``supports_fanout``, ``client-config``.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import threading
 import weakref
 from typing import Any
 
@@ -42,6 +63,8 @@ from kombu.transport import SQS
 log = logging.getLogger(__name__)
 REPLY_EXCHANGE_SUFFIX = ".pidbox"
 _open_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+# The thread each event loop (kombu Hub) runs on, as registered by Celery's consumer.
+_hub_threads: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 @atexit.register
@@ -53,11 +76,30 @@ def _close_open_channels() -> None:
             log.debug("could not close channel at exit: %r", exc)
 
 
+def is_reply_exchange(exchange: str | None) -> bool:
+    return bool(exchange) and exchange.startswith("reply.") and exchange.endswith(REPLY_EXCHANGE_SUFFIX)
+
+
 class Channel(SQS.Channel):
+    _hub: Any = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self._own_queues: set[str] = set()
+        super().__init__(*args, **kwargs)
         _open_channels.add(self)
+
+    @property
+    def hub(self) -> Any:
+        """The event loop, but only on the thread it runs on (point 4)."""
+        hub = self._hub
+        if hub is None:
+            return None
+        thread = _hub_threads.get(hub)
+        return hub if thread is None or thread == threading.get_ident() else None
+
+    @hub.setter
+    def hub(self, value: Any) -> None:
+        self._hub = value
 
     @property
     def fanout_exchanges(self) -> frozenset[str]:
@@ -69,9 +111,9 @@ class Channel(SQS.Channel):
         return super().exchange_declare(exchange, type, *args, **kwargs)
 
     def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
-        is_reply = bool(exchange) and exchange.startswith("reply.") and exchange.endswith(REPLY_EXCHANGE_SUFFIX)
-        if is_reply and not self.get_table(exchange):  # the waiting client bound it, not us
-            return [f"{routing_key}.{exchange}"]
+        if is_reply_exchange(exchange):
+            bound = [queue for key, _, queue in self.get_table(exchange) if key == routing_key]
+            return bound or [f"{routing_key}.{exchange}"]  # the waiting client bound it, not us
         return super()._lookup(exchange, routing_key, default)
 
     def _delete_message(self, queue_name: str, message: dict) -> None:
@@ -85,7 +127,19 @@ class Channel(SQS.Channel):
         if not isinstance(messages, dict):
             log.warning("receive from %s failed (SQS unreachable?); polling again", qname)
             return 0
+        if self.closed or self.connection is None:  # point 6: received after the close
+            if messages.get("Messages"):
+                self._release_messages(queue, qname, messages["Messages"])
+            return 0
         return super()._on_messages_ready(queue, qname, messages)
+
+    def _loop1(self, queue: str, messages_fetched: Any = None) -> None:
+        if not (self.closed or self.connection is None):
+            super()._loop1(queue, messages_fetched)
+
+    def _schedule_queue(self, queue: str) -> None:
+        if not (self.closed or self.connection is None):
+            super()._schedule_queue(queue)
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
         declared = super().queue_declare(queue, passive, **kwargs)
@@ -94,7 +148,10 @@ class Channel(SQS.Channel):
         return declared
 
     def after_reply_message_received(self, queue: str) -> None:
-        """Keep the reply queue for the next call; it is deleted on close."""
+        """Delete the reply queue once its replies arrived: Celery names a new one for
+        every call, so a queue kept would never be used again."""
+        self._own_queues.discard(queue)
+        self._delete_own_queue(queue)
 
     def close(self) -> None:
         _open_channels.discard(self)
@@ -116,3 +173,7 @@ class Channel(SQS.Channel):
 class Transport(SQS.Transport):
     Channel = Channel
     implements = SQS.Transport.implements.extend(exchange_type=frozenset(["direct", "fanout"]))
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        _hub_threads[loop] = threading.get_ident()
+        return super().register_with_event_loop(connection, loop)

@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psycopg2
+from botocore.exceptions import BotoCoreError, ClientError
+
 import celeryconfig as config
 from tasks.dev import seed, stack
 from tasks.ops import status
@@ -88,8 +91,29 @@ def summarise(before: dict[str, int], after: dict[str, int], seconds: float) -> 
     return Summary(delta["received"], delta["inserted"], delta["dead_lettered"], delta["duplicates"], seconds)
 
 
-def progress() -> dict:
-    report = status.collect()
+def collect_or_say_why() -> dict | None:
+    """The status report, or None with the outage said on the progress line: the runner
+    rides out a database or SQS outage as the workers do."""
+    try:
+        return status.collect()
+    except psycopg2.Error:
+        why = "database unreachable"
+    except (BotoCoreError, ClientError):
+        why = "SQS unreachable"
+    print(f"  {why}, retrying", file=sys.stderr, flush=True)
+    return None
+
+
+def collect_when_reachable(poll: float = 2.0) -> dict:
+    while (report := collect_or_say_why()) is None:
+        time.sleep(poll)
+    return report
+
+
+def progress() -> dict | None:
+    report = collect_or_say_why()
+    if report is None:
+        return None
     db, queues = report["database"], report["queues"]
     source, batches = queues[config.SOURCE_QUEUE], queues[f"celery:{config.BATCH_QUEUE}"]
     print(
@@ -112,7 +136,8 @@ def wait_until_drained(timeout: float, poll: float = 1.0, settle: int = 2) -> No
         if time.monotonic() > deadline:
             raise DrainTimeout(f"queues not empty after {timeout:.0f} s; see `python -m tasks status` and the logs")
         time.sleep(poll)
-        quiet = quiet + 1 if status.pipeline_idle(progress()) else 0
+        report = progress()
+        quiet = quiet + 1 if report is not None and status.pipeline_idle(report) else 0
 
 
 def watch(running: dict[str, subprocess.Popen], poll: float = 5.0) -> None:
@@ -143,7 +168,7 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, 
     commands = {"worker": worker_command(), "beat": beat_command()}
     if with_flower:
         commands["flower"] = flower_command()
-    before = status.collect()["database"]
+    before = collect_when_reachable()["database"]
     started = time.monotonic()
     with processes(commands) as running:
         if with_flower:
@@ -159,6 +184,6 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, 
         except DrainTimeout as exc:
             stack.say(str(exc))
             return 1
-    summary = summarise(before, status.collect()["database"], time.monotonic() - started)
+    summary = summarise(before, collect_when_reachable()["database"], time.monotonic() - started)
     print(json.dumps(summary.__dict__) if as_json else summary)
     return 0

@@ -90,6 +90,9 @@ def start_localstack(timeout: float = 120) -> None:
     env = {
         **os.environ,
         "GATEWAY_LISTEN": f"127.0.0.1:{config.LOCALSTACK_PORT}",
+        # Its default server binds every interface whatever GATEWAY_LISTEN says;
+        # hypercorn honours the host, so the stack is reachable from this machine only.
+        "GATEWAY_SERVER": "hypercorn",
         "SERVICES": "sqs,sns",
         "DNS_ADDRESS": "0",
         "FILESYSTEM_ROOT": str(paths["fs"]),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import celeryconfig as config
@@ -52,24 +54,50 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from tasks.ops.redrive import redrive
+    from tasks.ops.redrive import redrive, redrive_batches
 
-    print(redrive(limit=args.limit, dry_run=args.dry_run))
+    if args.batches:
+        print(redrive_batches(limit=args.limit, dry_run=args.dry_run))
+        return 0
+    return _with_keys(lambda keys: print(redrive(keys, limit=args.limit, dry_run=args.dry_run)))
+
+
+def _refusal(exc: Exception) -> int:
+    print(f"refused: {exc}", file=sys.stderr)
+    return 2
+
+
+def _with_keys(work: Callable[[Any], object]) -> int:
+    """Run `work(key_ring)`; no usable key exits 2 with one line, never a traceback."""
+    from tasks.pipeline.keys import MaskingKeyError
+    from tasks.pipeline.service import load_key_ring_checked
+
+    try:
+        keys = load_key_ring_checked()
+    except MaskingKeyError as exc:
+        return _refusal(exc)
+    work(keys)
     return 0
 
 
 def _recovery_command(work: Callable[[Any, Any], list[str]]) -> int:
-    """Run `work(connection, masker)`, print its lines; a refusal exits 2 with its reason."""
+    """Check the key and the mode, then run `work(connection, masker)` and print its
+    lines; a refusal exits 2 with its reason on one line."""
     from tasks.ops import recovery
     from tasks.pipeline import store
+    from tasks.pipeline.keys import MaskingKeyError
     from tasks.pipeline.service import load_masker
 
+    try:
+        masker = load_masker()
+        recovery.check_mode(masker)
+    except (MaskingKeyError, ValueError, recovery.RecoveryRefused) as exc:
+        return _refusal(exc)
     conn = store.connect(config.database_url())
     try:
-        print("\n".join(work(conn, load_masker())))
+        print("\n".join(work(conn, masker)))
     except (recovery.RecoveryRefused, recovery.TokenError) as exc:
-        print(f"refused: {exc}")
-        return 2
+        return _refusal(exc)
     finally:
         conn.close()
     return 0
@@ -78,9 +106,11 @@ def _recovery_command(work: Callable[[Any, Any], list[str]]) -> int:
 def _unmask(args: argparse.Namespace) -> int:
     from tasks.ops import recovery
 
+    where = recovery.TokenFilter(args.user_id, args.since, args.until)
+
     def work(conn: Any, masker: Any) -> list[str]:
-        tokens = recovery.tokens_from_query(conn, args.query) if args.query else args.tokens
-        values = recovery.unmask(conn, masker, args.field, tokens, args.reason)
+        tokens = args.tokens or recovery.tokens_matching(conn, args.field, where)
+        values = recovery.unmask(conn, masker, args.field, tokens, args.reason, "" if args.tokens else str(where))
         return [f"{token}\t{value}" for token, value in zip(tokens, values, strict=True)]
 
     return _recovery_command(work)
@@ -98,8 +128,13 @@ def _bench(args: argparse.Namespace) -> int:
     from tasks.dev import bench
 
     out = Path(args.out)
-    print(bench.report(bench.bench(args.events, out), out))
-    return 0
+    return _with_keys(lambda _: print(bench.report(bench.bench(args.events, out), out)))
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from tasks.dev import faults
+
+    return faults.run(write=args.write_docs)
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -132,13 +167,16 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("redrive", help="move dead letters back to login-queue once their cause is fixed")
     s.add_argument("--dry-run", action="store_true", help="only report what would move, by reason")
     s.add_argument("--limit", type=int, help="move at most this many")
+    s.add_argument("--batches", action="store_true", help="replay the batch dead-letter queue instead")
     s.set_defaults(func=_redrive)
 
     s = sub.add_parser("unmask", help="recover masked values (siv mode, with the key), audited")
     s.add_argument("--field", choices=["ip", "device_id"], required=True)
     s.add_argument("--reason", required=True, help="why; written to unmask_audit with each value")
-    s.add_argument("--query", help="a read-only query whose first column holds the tokens")
-    s.add_argument("tokens", nargs="*")
+    s.add_argument("--user-id", help="recover the tokens of this user's rows")
+    s.add_argument("--since", type=date.fromisoformat, help="rows created on or after this date (YYYY-MM-DD)")
+    s.add_argument("--until", type=date.fromisoformat, help="rows created on or before this date (YYYY-MM-DD)")
+    s.add_argument("tokens", nargs="*", help="tokens to recover (instead of the filters)")
     s.set_defaults(func=_unmask)
 
     s = sub.add_parser("rekey", help="re-tokenise rows to the newest key version (siv mode), resumable")
@@ -149,6 +187,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--events", type=int, default=100_000)
     s.add_argument("--out", default="bench-results", help="folder for bench.json and throughput.png")
     s.set_defaults(func=_bench)
+
+    s = sub.add_parser("faults", help="run the fault scenarios on a test stack and print their table")
+    s.add_argument("--write-docs", action="store_true", help="write the table into docs/reliability.md")
+    s.set_defaults(func=_faults)
 
     s = sub.add_parser("health", help="exit 0 if this machine's worker sent a heartbeat lately (liveness)")
     s.add_argument("--max-age", type=float, default=60)

@@ -1,55 +1,81 @@
 """Recovery of masked values, and re-tokenising rows to the newest key.
 
-`unmask` works in ``siv`` mode only, with the key: every value it recovers is first
-written to unmask_audit (who, when, which token, the stated reason) in the same
-transaction, so no value is shown without its audit row. `rekey` re-tokenises
-user_logins in small batches, each its own short transaction, so it holds no long lock
-and can be stopped and run again; it needs ``siv`` (an HMAC token cannot be re-keyed
-without the raw value).
+`unmask` works in ``siv`` mode only, with the key. It takes tokens, or picks them by
+filter options (user id, date range) with one fixed, parameterised query: no free
+SQL. Every value is audited before it is shown, through the database function
+record_unmask(), which sets the time and the database user itself; the recovery role
+has no other way to write the audit and cannot read, change or delete it. `rekey`
+re-tokenises user_logins in small batches, each its own short transaction, so it holds
+no long lock and can be stopped and run again; it needs ``siv`` (an HMAC token cannot
+be re-keyed without the raw value).
 """
 
 from __future__ import annotations
 
-import getpass
-from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
 
 import psycopg2.extras
 
 from tasks.pipeline import store
-from tasks.pipeline.masking import Masker, TokenError, parse_token
+from tasks.pipeline.masking import FIELDS, Masker, TokenError, parse_token
 
-FIELDS = {"ip": "masked_ip", "device_id": "masked_device_id"}
+COLUMNS = {"ip": "masked_ip", "device_id": "masked_device_id"}
+assert set(COLUMNS) == set(FIELDS)
 
 
 class RecoveryRefused(RuntimeError):
     """Recovery is not possible or not allowed here."""
 
 
-def unmask(conn: store.Connection, masker: Masker, field: str, tokens: Iterable[str], reason: str) -> list[str]:
-    """The original (normalised) values of tokens, each audited."""
+@dataclass(frozen=True)
+class TokenFilter:
+    """Which rows' tokens to recover; at least one condition is required."""
+
+    user_id: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{name}={value}" for name, value in vars(self).items() if value is not None]
+        return " ".join(parts)
+
+
+def check_mode(masker: Masker) -> None:
     if masker.mode != "siv":
         raise RecoveryRefused("values masked in hmac mode are one-way; recovery needs MASKING_MODE=siv")
-    if not reason.strip():
-        raise RecoveryRefused("a reason is required for every recovery")
-    tokens = list(tokens)
-    values = [masker.unmask(field, token) for token in tokens]  # TokenError before any audit
-    with conn, conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            "INSERT INTO unmask_audit (os_user, field, token, reason) VALUES %s",
-            [(getpass.getuser(), field, token, reason) for token in tokens],
-        )
-    return values
 
 
-def tokens_from_query(conn: store.Connection, query: str) -> list[str]:
-    """The first column of a read-only query's result."""
+def tokens_matching(conn: store.Connection, field: str, where: TokenFilter) -> list[str]:
+    """The distinct tokens of `field` in the rows the filter selects (read-only)."""
+    if where.user_id is None and where.since is None and where.until is None:
+        raise RecoveryRefused("give tokens, or at least one of --user-id, --since, --until")
+    column = COLUMNS[field]  # a fixed name from a closed set, never user input
     with conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")
-        cur.execute(query)
-        tokens = [row[0] for row in cur.fetchall() if row[0] is not None]
+        cur.execute(
+            f"SELECT DISTINCT {column} FROM user_logins WHERE {column} IS NOT NULL"
+            " AND (%(user)s::text IS NULL OR user_id = %(user)s)"
+            " AND (%(since)s::date IS NULL OR create_date >= %(since)s)"
+            " AND (%(until)s::date IS NULL OR create_date <= %(until)s)",
+            {"user": where.user_id, "since": where.since, "until": where.until},
+        )
+        tokens = [row[0] for row in cur.fetchall()]
     conn.rollback()
     return tokens
+
+
+def unmask(
+    conn: store.Connection, masker: Masker, field: str, tokens: list[str], reason: str, where: str = ""
+) -> list[str]:
+    """The original (normalised) values of tokens, each audited first."""
+    check_mode(masker)
+    if not reason.strip():
+        raise RecoveryRefused("a reason is required for every recovery")
+    values = [masker.unmask(field, token) for token in tokens]  # TokenError before any audit
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT record_unmask(%s, %s, %s, %s)", (field, tokens, reason, where or "tokens given"))
+    return values
 
 
 def _retoken(masker: Masker, field: str, token: str | None) -> str | None:

@@ -1,92 +1,126 @@
-"""`redrive`: move dead letters back to login-queue once their cause is fixed.
+"""`redrive`: move dead letters back once their cause is fixed.
 
-Each dead letter goes back with its original body and its original message id (the
-``source_message_id`` attribute), so a record that was in fact written is skipped as a
-duplicate, never written twice. Its entry in the dead_letters ledger is removed first,
-so a record that is still bad is dead-lettered again, with its reason, rather than
-taken for a duplicate. Dead letters whose body was withheld cannot be replayed and
-stay where they are.
+Records (login-queue-dlq -> login-queue): each dead letter goes back with its original
+body and its original message id, signed, so a record that was in fact written is
+skipped as a duplicate, never written twice. Its entry in the dead_letters ledger is
+removed first, so a record that is still bad is dead-lettered again, with its reason,
+rather than taken for a duplicate. A message SQS itself moved there (received too often
+and never handed off) carries no signed id and goes back under its own MessageId.
+Dead letters whose body was withheld cannot be replayed and stay where they are.
+
+Batches (``--batches``, login-pipeline-batches-dlq -> login-pipeline-batches): a batch
+task that SQS moved aside after BATCH_QUEUE_MAX_RECEIVES receives goes back as the
+very task message it was; mask-and-insert is idempotent by message id.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import celeryconfig as config
 from tasks.broker import aws
 from tasks.pipeline import store
 from tasks.pipeline.deadletter import WITHHELD_BODY
-from tasks.pipeline.source import ORIGINAL_ID
+from tasks.pipeline.keys import KeyRing
+from tasks.pipeline.source import message_id, redrive_attributes
+
+MOVED_BY_SQS = "(no reason: moved by SQS after max receives)"
 
 
 @dataclass
 class RedriveReport:
+    source: str
+    target: str
     moved: int = 0
     kept: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
     def __str__(self) -> str:
-        lines = [f"moved {self.moved} dead letters to {config.SOURCE_QUEUE}, kept {self.kept} (body withheld)"]
+        lines = [f"moved {self.moved} messages from {self.source} to {self.target}, kept {self.kept} (body withheld)"]
         lines += [f"  {count:>6}  {reason}" for reason, count in self.reasons.most_common()]
         return "\n".join(lines)
 
 
-def redrive(limit: int | None = None, dry_run: bool = False) -> RedriveReport:
+def _received(sqs: Any, url: str, limit: int | None, hide_for: int) -> Iterator[list[dict]]:
+    """Messages of a queue, ten at a time, until it is empty or `limit` were read."""
+    seen = 0
+    while limit is None or seen < limit:
+        count = 10 if limit is None else min(10, limit - seen)
+        messages = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=count, MessageAttributeNames=["All"], VisibilityTimeout=hide_for
+        ).get("Messages", [])
+        if not messages:
+            return
+        seen += len(messages)
+        yield messages
+
+
+def _hand_back(sqs: Any, url: str, messages: list[dict]) -> None:
+    """Make messages a dry run looked at visible again at once."""
+    for chunk in aws.chunks(messages):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0} for i, m in enumerate(chunk)
+        ]
+        sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+
+
+def _delete_sent(sqs: Any, url: str, messages: list[dict], response: dict) -> int:
+    sent = {int(e["Id"]) for e in response.get("Successful", [])}
+    done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages) if i in sent]
+    if done:
+        sqs.delete_message_batch(QueueUrl=url, Entries=done)
+    return len(done)
+
+
+def redrive(keys: KeyRing, limit: int | None = None, dry_run: bool = False) -> RedriveReport:
+    """Replay record dead letters into login-queue."""
     sqs = aws.client("sqs")
     dlq, source = aws.queue_url(config.DEAD_LETTER_QUEUE), aws.queue_url(config.SOURCE_QUEUE)
-    report, seen, looked_at = RedriveReport(), 0, []
+    report, looked_at = RedriveReport(config.DEAD_LETTER_QUEUE, config.SOURCE_QUEUE), []
     conn = store.connect(config.database_url())
     try:
-        while limit is None or seen < limit:
-            count = 10 if limit is None else min(10, limit - seen)
-            messages = sqs.receive_message(
-                QueueUrl=dlq,
-                MaxNumberOfMessages=count,
-                MessageAttributeNames=["All"],
-                VisibilityTimeout=30 if not dry_run else 60,
-            ).get("Messages", [])
-            if not messages:
-                break
-            seen += len(messages)
-            for m in messages:
-                report.reasons[
-                    aws.message_attribute(m, "reason") or "(no reason: moved by SQS after max receives)"
-                ] += 1
+        for messages in _received(sqs, dlq, limit, 60 if dry_run else 30):
+            report.reasons.update(aws.message_attribute(m, "reason") or MOVED_BY_SQS for m in messages)
             replayable = [m for m in messages if m["Body"] != WITHHELD_BODY]
             report.kept += len(messages) - len(replayable)
             if dry_run:
                 looked_at += messages
             elif replayable:
-                _move(sqs, conn, source, dlq, replayable)
-                report.moved += len(replayable)
+                report.moved += _move(sqs, conn, keys, source, dlq, replayable)
     finally:
         conn.close()
-        for chunk in aws.chunks(looked_at):  # a dry run hands them back at once
-            sqs.change_message_visibility_batch(
-                QueueUrl=dlq,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                    for i, m in enumerate(chunk)
-                ],
-            )
+        _hand_back(sqs, dlq, looked_at)
     return report
 
 
-def _move(sqs, conn: store.Connection, source: str, dlq: str, messages: list[dict]) -> None:
-    ids = [aws.message_attribute(m, ORIGINAL_ID) or m["MessageId"] for m in messages]
+def _move(sqs: Any, conn: store.Connection, keys: KeyRing, source: str, dlq: str, messages: list[dict]) -> int:
+    ids = [message_id(m, keys) for m in messages]
     with conn, conn.cursor() as cur:
         cur.execute("DELETE FROM dead_letters WHERE message_id = ANY(%s)", (ids,))
     entries = [
-        {
-            "Id": str(i),
-            "MessageBody": m["Body"],
-            "MessageAttributes": {ORIGINAL_ID: {"DataType": "String", "StringValue": mid}},
-        }
+        {"Id": str(i), "MessageBody": m["Body"], "MessageAttributes": redrive_attributes(mid, keys)}
         for i, (m, mid) in enumerate(zip(messages, ids, strict=True))
     ]
-    response = sqs.send_message_batch(QueueUrl=source, Entries=entries)
-    sent = {int(e["Id"]) for e in response.get("Successful", [])}
-    done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages) if i in sent]
-    if done:
-        sqs.delete_message_batch(QueueUrl=dlq, Entries=done)
+    return _delete_sent(sqs, dlq, messages, sqs.send_message_batch(QueueUrl=source, Entries=entries))
+
+
+def redrive_batches(limit: int | None = None, dry_run: bool = False) -> RedriveReport:
+    """Replay batch task messages from the batch dead-letter queue into the batch queue."""
+    sqs, prefix = aws.client("sqs"), config.CELERY_QUEUE_PREFIX
+    names = (f"{prefix}{config.BATCH_QUEUE}-dlq", f"{prefix}{config.BATCH_QUEUE}")
+    dlq, target = aws.queue_url(names[0]), aws.queue_url(names[1])
+    report, looked_at = RedriveReport(*names), []
+    try:
+        for messages in _received(sqs, dlq, limit, 60 if dry_run else 30):
+            report.reasons[MOVED_BY_SQS] += len(messages)
+            if dry_run:
+                looked_at += messages
+                continue
+            entries = [{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)]
+            report.moved += _delete_sent(sqs, dlq, messages, sqs.send_message_batch(QueueUrl=target, Entries=entries))
+    finally:
+        _hand_back(sqs, dlq, looked_at)
+    return report

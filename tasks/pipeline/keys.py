@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
 DEVELOPMENT_PREFIX = b"login-pipeline-dev-key:"
@@ -46,6 +50,25 @@ class KeyRing:
     def fingerprint(self) -> str:
         return hashlib.sha256(b"".join(self.keys[v] for v in sorted(self.keys))).hexdigest()
 
+    def derive(self, version: int, purpose: str, length: int = 32) -> bytes:
+        """A key of its own for one purpose, derived from one version of the ring (HKDF)."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=f"login-pipeline/{purpose}".encode())
+        return hkdf.derive(self.key(version))
+
+    def sign(self, text: str, purpose: str) -> str:
+        """'version:hex' HMAC of `text` under the newest key's `purpose` key."""
+        version = self.current_version
+        mac = hmac.new(self.derive(version, purpose), text.encode(), hashlib.sha256).hexdigest()
+        return f"{version}:{mac}"
+
+    def verify(self, text: str, signature: str, purpose: str) -> bool:
+        """Whether `signature` is `sign(text, purpose)` under any loaded key version."""
+        version, _, mac = signature.partition(":")
+        if not version.isdigit() or int(version) not in self.keys:
+            return False
+        expected = hmac.new(self.derive(int(version), purpose), text.encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, mac)
+
     def key(self, version: int) -> bytes:
         try:
             return self.keys[version]
@@ -62,7 +85,8 @@ def _entry(entry: str) -> tuple[int, bytes]:
         key = base64.b64decode(encoded.strip(), validate=True)
     except ValueError:
         key = b""
-    if not version.strip().isdigit() or int(version) < 1 or len(key) < KEY_BYTES:
+    version = version.strip()
+    if not (version.isascii() and version.isdigit()) or int(version) < 1 or len(key) < KEY_BYTES:
         raise MaskingKeyError(f"a masking key entry is not 'version:base64' of {KEY_BYTES}+ bytes")
     return int(version), key
 

@@ -3,7 +3,9 @@
 Two modes (MASKING_MODE):
 - ``hmac``: HMAC-SHA256, one-way. Token ``h<version>:<base64url of 32 bytes>``.
 - ``siv``: AES-SIV, deterministic authenticated encryption; the key holder can
-  decrypt. Token ``s<version>:<base64url of tag + ciphertext>``.
+  decrypt. Token ``s<version>:<base64url of tag + ciphertext>``. The value is padded
+  to a multiple of SIV_BLOCK bytes first (ISO/IEC 7816-4: 0x80, then zeros), so a
+  token does not tell a short address from a long one.
 
 Both are deterministic (same value, same key: same token), so an analyst still sees
 which values repeat, and neither can be reversed by hashing every IPv4 address
@@ -18,17 +20,20 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tasks.pipeline.keys import KeyRing
 
 MODES = {"hmac": "h", "siv": "s"}
 FIELDS = ("ip", "device_id")
+SIV_BLOCK = 64
+_DOTTED_QUAD = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
 
 
 class TokenError(ValueError):
@@ -39,16 +44,20 @@ def normalise_ip(value: str) -> tuple[str, bool]:
     """The canonical text of an address, and whether it was one.
 
     Handles surrounding spaces, IPv4 with leading zeros ("010.001.002.003"),
-    IPv4-mapped IPv6 ("::ffff:10.1.2.3") and IPv6 case and zero compression.
-    Multicast, reserved and loopback addresses are addresses like any other.
-    A value that is no address comes back stripped, with False.
+    IPv4-mapped IPv6 ("::ffff:10.1.2.3") and IPv6 case and zero compression. Digits
+    are ASCII only: full-width digits or a superscript ("7\u00b2") make no address. An IPv6 zone id
+    ("fe80::1%eth0") names an interface on the sender's host, not the address: it is
+    dropped, in the plain and in the IPv4-mapped form alike. Multicast, reserved and
+    loopback addresses are addresses like any other. A value that is no address comes
+    back stripped, with False.
     """
     text = value.strip()
-    parts = text.split(".")
-    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
-        text = ".".join(str(int(p)) for p in parts)
+    if quad := _DOTTED_QUAD.fullmatch(text):
+        text = ".".join(str(int(part)) for part in quad.groups())
+    if not text.isascii():
+        return text, False
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text.partition("%")[0] if ":" in text else text)
     except ValueError:
         return text, False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -57,7 +66,22 @@ def normalise_ip(value: str) -> tuple[str, bool]:
 
 
 def normalise_device_id(value: str) -> str:
-    return value.strip()
+    """NFKC (full-width digits are ASCII digits), spaces stripped; case is kept, since a
+    device id scheme may tell "aB" from "ab" and folding would merge two devices."""
+    return unicodedata.normalize("NFKC", value).strip()
+
+
+def pad(data: bytes, block: int = SIV_BLOCK) -> bytes:
+    """0x80, then zeros up to a multiple of `block` bytes."""
+    data += b"\x80"
+    return data + b"\x00" * (-len(data) % block)
+
+
+def unpad(data: bytes) -> bytes:
+    stripped = data.rstrip(b"\x00")
+    if not stripped.endswith(b"\x80"):
+        raise TokenError("token padding is not valid")
+    return stripped[:-1]
 
 
 def _b64(raw: bytes) -> str:
@@ -80,9 +104,7 @@ class Masker:
             raise ValueError(f"MASKING_MODE must be one of {sorted(MODES)}")
 
     def _field_key(self, version: int, field: str, purpose: str, length: int) -> bytes:
-        info = f"login-pipeline/{purpose}/{field}".encode()
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info)
-        return hkdf.derive(self.keys.key(version))
+        return self.keys.derive(version, f"{purpose}/{field}", length)
 
     @cached_property
     def _hmacs(self) -> dict[tuple[int, str], hmac.HMAC]:
@@ -106,7 +128,7 @@ class Masker:
             mac.update(data)
             raw = mac.digest()
         else:
-            raw = self._sivs[(version, field)].encrypt(data, [field.encode()])
+            raw = self._sivs[(version, field)].encrypt(pad(data), [field.encode()])
         return f"{MODES[self.mode]}{version}:{_b64(raw)}"
 
     def mask_ip(self, ip: str) -> tuple[str, bool]:
@@ -122,15 +144,16 @@ class Masker:
         version, raw = parse_token(token, "s")
         self.keys.key(version)  # a clear error for a version that is not loaded
         try:
-            return self._sivs[(version, field)].decrypt(raw, [field.encode()]).decode()
-        except Exception as exc:  # InvalidTag, a wrong field or key: one clear reason
-            raise TokenError(f"token does not decrypt as {field} with key version {version}") from exc
+            padded = self._sivs[(version, field)].decrypt(raw, [field.encode()])
+        except InvalidTag:  # a wrong field or key
+            raise TokenError(f"token does not decrypt as {field} with key version {version}") from None
+        return unpad(padded).decode()
 
 
 def parse_token(token: str, mode_letter: str | None = None) -> tuple[int, bytes]:
     """Split a token into its key version and raw bytes."""
     head, sep, body = token.partition(":")
-    if not sep or len(head) < 2 or not head[1:].isdigit():
+    if not sep or len(head) < 2 or not (head[1:].isascii() and head[1:].isdigit()):
         raise TokenError("not a masking token")
     if mode_letter and head[0] != mode_letter:
         raise TokenError("token was not made in siv mode and cannot be recovered")

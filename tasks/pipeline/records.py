@@ -1,11 +1,16 @@
 """Parse and validate: a source message becomes a LoginEvent or a DeadLetter.
 
 A source message is the SQS message id, its SentTimestamp and its raw body. The body
-must be a JSON object with a non-empty string ``user_id``; the other known fields may
-be strings or null or missing (a null column). ``app_version`` must be encodable
-(tasks.versions). Unknown keys are ignored. Text must fit its column and carry no NUL
-byte. Anything else is a DeadLetter with a reason that names the field but never its
-value, since values may be personal data.
+must be a JSON object with a non-empty ``user_id``; the other known fields may be
+strings or null or missing (a null column). A value of another JSON type is taken when
+its meaning is unambiguous: a whole number in ``user_id``, ``app_version`` or
+``device_id`` is its decimal text (``2`` is ``"2"``). Anything else is refused: a
+fraction (``2.30`` as a version is 2.3 or 2.30?), a boolean, a list or an object, or a
+number where an address is expected. ``app_version`` must be encodable
+(tasks.versions). Unknown keys are ignored. Text must fit its column (masked fields: a
+bound in UTF-8 bytes, so every token fits varchar(256)) and carry no NUL byte.
+Anything else is a DeadLetter with a reason that names the field but never its value,
+since values may be personal data.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from tasks.pipeline.versions import UnencodableVersion, encode_app_version
 
 # Column widths of user_logins for the fields stored as given.
 TEXT_LIMITS = {"user_id": 128, "device_type": 32, "locale": 32}
-# Masked fields: a bound on input size, so every token fits varchar(256).
-MASKED_LIMITS = {"ip": 64, "device_id": 128}
-OPTIONAL_FIELDS = ("device_type", "locale", "ip", "device_id", "app_version")
+# Masked fields: a bound in UTF-8 bytes, so that every token fits varchar(256).
+MASKED_BYTE_LIMITS = {"ip": 64, "device_id": 127}
+VERSION_LIMIT = 32
+# Fields where a JSON whole number has one meaning: its decimal text.
+NUMBERS_AS_TEXT = frozenset({"user_id", "app_version", "device_id"})
 
 
 @dataclass(frozen=True)
@@ -67,20 +74,30 @@ class Invalid(ValueError):
     """A record that breaks the contract above."""
 
 
-def _text(record: dict[str, Any], field: str, limit: int) -> str | None:
+def _as_text(field: str, value: object) -> str:
+    """A JSON value as text where that is unambiguous, else Invalid with the reason."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and field in NUMBERS_AS_TEXT:
+        return str(value)
+    if isinstance(value, float) and field in NUMBERS_AS_TEXT:
+        raise Invalid(f"{field} is a number with a fraction; send it as text")
+    raise Invalid(f"{field} is not a string")
+
+
+def _text(record: dict[str, Any], field: str, limit: int, unit: str = "characters") -> str | None:
     value = record.get(field)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise Invalid(f"{field} is not a string")
+    value = _as_text(field, value)
     if "\x00" in value:
         raise Invalid(f"{field} contains a NUL byte")
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8")) if unit == "bytes" else len(value)
     except UnicodeEncodeError:
         raise Invalid(f"{field} is not valid Unicode text") from None
-    if len(value) > limit:
-        raise Invalid(f"{field} is longer than {limit} characters")
+    if size > limit:
+        raise Invalid(f"{field} is longer than {limit} {unit}")
     return value
 
 
@@ -105,7 +122,7 @@ def parse_event(message: SourceMessage) -> LoginEvent:
     user_id = _text(record, "user_id", TEXT_LIMITS["user_id"])
     if not user_id or not user_id.strip():
         raise Invalid("user_id is missing")
-    version = _text(record, "app_version", 32)
+    version = _text(record, "app_version", VERSION_LIMIT)
     try:
         app_version = None if version is None else encode_app_version(version.strip())
     except UnencodableVersion as exc:
@@ -114,21 +131,9 @@ def parse_event(message: SourceMessage) -> LoginEvent:
         message_id=message.message_id,
         user_id=user_id,
         device_type=_text(record, "device_type", TEXT_LIMITS["device_type"]),
-        ip=_text(record, "ip", MASKED_LIMITS["ip"]),
-        device_id=_text(record, "device_id", MASKED_LIMITS["device_id"]),
+        ip=_text(record, "ip", MASKED_BYTE_LIMITS["ip"], "bytes"),
+        device_id=_text(record, "device_id", MASKED_BYTE_LIMITS["device_id"], "bytes"),
         locale=_text(record, "locale", TEXT_LIMITS["locale"]),
         app_version=app_version,
         create_date=create_date(message.sent_at_ms),
     )
-
-
-def parse_batch(messages: list[SourceMessage]) -> tuple[list[LoginEvent], list[DeadLetter]]:
-    """Split a batch into events and dead_letters; never raises for bad input."""
-    events: list[LoginEvent] = []
-    dead_letters: list[DeadLetter] = []
-    for message in messages:
-        try:
-            events.append(parse_event(message))
-        except Invalid as exc:
-            dead_letters.append(DeadLetter(message, str(exc)))
-    return events, dead_letters

@@ -51,7 +51,7 @@ class Pipeline:
 
     def connection(self) -> store.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = store.connect_writer(config.database_url())
+            self._conn = store.connect_writer(config.database_url(), config.STATEMENT_TIMEOUT_MS)
         return self._conn
 
     def reset(self) -> None:
@@ -68,12 +68,14 @@ def pipeline() -> Pipeline:
 @cache
 def dead_letter_queue() -> DeadLetterQueue:
     """Apart from the pipeline, so that a batch can be dead-lettered when masking fails."""
-    return DeadLetterQueue(config.DEAD_LETTER_QUEUE, config.DEAD_LETTER_KEEP_BODY)
+    return DeadLetterQueue(config.DEAD_LETTER_QUEUE, load_key_ring_checked(), config.DEAD_LETTER_KEEP_BODY)
 
 
 @cache
 def source_queue() -> SourceQueue:
-    return SourceQueue(config.SOURCE_QUEUE, config.SOURCE_VISIBILITY_TIMEOUT, config.FETCH_RECEIVERS)
+    return SourceQueue(
+        config.SOURCE_QUEUE, load_key_ring_checked(), config.SOURCE_VISIBILITY_TIMEOUT, config.FETCH_RECEIVERS
+    )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 A message is received with a visibility timeout of our own (SOURCE_VISIBILITY_TIMEOUT),
 so it stays hidden while its batch is handed off, and it is deleted only after that.
-Its idempotency key is the SQS MessageId, or the ``source_message_id`` attribute that
-`redrive` keeps when it replays a dead letter.
+Its idempotency key is the SQS MessageId. A replayed dead letter keeps its original id
+in the ``source_message_id`` attribute, trusted only with the ``source_message_signature``
+that `redrive` sets (an HMAC of the id under a key derived from the masking key ring):
+a producer cannot choose an id and so suppress a genuine event's row.
 """
 
 from __future__ import annotations
@@ -14,10 +16,30 @@ from dataclasses import dataclass
 from functools import cache
 
 from tasks.broker import aws
+from tasks.pipeline.keys import KeyRing
 from tasks.pipeline.records import SourceMessage
 
 log = logging.getLogger(__name__)
 ORIGINAL_ID = "source_message_id"
+ORIGINAL_ID_SIGNATURE = "source_message_signature"
+SIGNING_PURPOSE = "redrive/message-id"
+
+
+def redrive_attributes(message_id: str, keys: KeyRing) -> dict[str, dict[str, str]]:
+    """The attributes that carry a replayed message's original id, signed."""
+    return {
+        ORIGINAL_ID: {"DataType": "String", "StringValue": message_id},
+        ORIGINAL_ID_SIGNATURE: {"DataType": "String", "StringValue": keys.sign(message_id, SIGNING_PURPOSE)},
+    }
+
+
+def message_id(raw: dict, keys: KeyRing) -> str:
+    """The idempotency key of a received message: its signed original id, else its MessageId."""
+    original = aws.message_attribute(raw, ORIGINAL_ID)
+    signature = aws.message_attribute(raw, ORIGINAL_ID_SIGNATURE)
+    if original and signature and keys.verify(original, signature, SIGNING_PURPOSE):
+        return original
+    return raw["MessageId"]
 
 
 @dataclass(frozen=True)
@@ -35,10 +57,9 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqs")
 
 
-def _received(raw: dict) -> Received:
-    original = aws.message_attribute(raw, ORIGINAL_ID)
+def _received(raw: dict, keys: KeyRing) -> Received:
     message = SourceMessage(
-        message_id=original or raw["MessageId"],
+        message_id=message_id(raw, keys),
         sent_at_ms=int(raw["Attributes"]["SentTimestamp"]),
         body=raw["Body"],
     )
@@ -46,8 +67,9 @@ def _received(raw: dict) -> Received:
 
 
 class SourceQueue:
-    def __init__(self, name: str, visibility_timeout: int, receivers: int = 4) -> None:
+    def __init__(self, name: str, keys: KeyRing, visibility_timeout: int, receivers: int = 4) -> None:
         self.url = aws.queue_url(name)
+        self.keys = keys
         self.visibility_timeout = visibility_timeout
         self.receivers = receivers
         self.sqs = aws.client("sqs")
@@ -59,9 +81,9 @@ class SourceQueue:
             WaitTimeSeconds=wait,
             VisibilityTimeout=self.visibility_timeout,
             MessageSystemAttributeNames=["SentTimestamp"],
-            MessageAttributeNames=[ORIGINAL_ID],
+            MessageAttributeNames=[ORIGINAL_ID, ORIGINAL_ID_SIGNATURE],
         )
-        return [_received(raw) for raw in response.get("Messages", [])]
+        return [_received(raw, self.keys) for raw in response.get("Messages", [])]
 
     def receive_up_to(self, count: int, wait: int = 0) -> list[Received]:
         """Up to `count` messages, with several ReceiveMessage calls in flight."""

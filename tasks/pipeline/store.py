@@ -76,10 +76,12 @@ def connect(url: str, **options: str) -> Connection:
     return psycopg2.connect(url, connect_timeout=5, application_name="login-pipeline", **options)
 
 
-def connect_writer(url: str, **options: str) -> Connection:
-    """A connection that writes batches: it has its temporary table, once."""
+def connect_writer(url: str, statement_timeout_ms: int = 0, **options: str) -> Connection:
+    """A connection that writes batches: it has its temporary table, once, and a
+    statement timeout (0: none), so that a batch held up by a lock fails and is retried."""
     conn = connect(url, **options)
     with conn.cursor() as cur:
+        cur.execute("SELECT set_config('statement_timeout', %s, false)", (str(statement_timeout_ms),))
         cur.execute(INCOMING_TABLE)
     conn.commit()
     return conn

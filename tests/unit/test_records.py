@@ -1,4 +1,5 @@
-"""Parse and validate: every message becomes a LoginEvent or a DeadLetter with a reason."""
+"""Parse, validate and mask, one record at a time: every message becomes a row or a
+DeadLetter with a reason, whatever a hostile producer sends."""
 
 import json
 from datetime import date
@@ -8,7 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tasks.dev.seed import sample_bodies
-from tasks.pipeline.records import LoginEvent, SourceMessage, parse_batch, parse_event
+from tasks.pipeline.keys import parse_key_ring
+from tasks.pipeline.masking import Masker
+from tasks.pipeline.records import DeadLetter, LoginEvent, SourceMessage, parse_event
+from tasks.pipeline.service import Prepared, prepare
+
+MASKERS = [Masker(parse_key_ring("1:" + "A" * 44), mode) for mode in ("hmac", "siv")]
+
+
+def parse_batch(messages: list[SourceMessage], masker: Masker = MASKERS[0]) -> tuple[list[Prepared], list[DeadLetter]]:
+    return prepare(messages, masker)
+
 
 SENT = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 
@@ -20,7 +31,7 @@ def message(body: str, message_id: str = "m-1") -> SourceMessage:
 def test_the_exercise_sample() -> None:
     events, dead = parse_batch([message(b, f"m-{i}") for i, b in enumerate(sample_bodies())])
     assert len(events) == 99 and [d.reason for d in dead] == ["user_id is missing"]
-    assert sum(e.locale is None for e in events) == 29
+    assert sum(e.row.locale is None for e in events) == 29
 
 
 def test_an_event_keeps_its_fields_and_the_sent_date() -> None:
@@ -45,8 +56,12 @@ def test_an_event_keeps_its_fields_and_the_sent_date() -> None:
         ("[1, 2]", "body is not a JSON object"),
         ('{"foo": "oops_wrong_msg_type", "bar": "123"}', "user_id is missing"),
         ('{"user_id": "  "}', "user_id is missing"),
-        ('{"user_id": 7}', "user_id is not a string"),
+        ('{"user_id": true}', "user_id is not a string"),
+        ('{"user_id": ["u"]}', "user_id is not a string"),
         ('{"user_id": "u", "ip": 12}', "ip is not a string"),
+        ('{"user_id": "u", "app_version": 2.30}', "app_version is a number with a fraction; send it as text"),
+        ('{"user_id": "u", "app_version": false}', "app_version is not a string"),
+        ('{"user_id": "u", "ip": "%s"}' % ("é" * 33), "ip is longer than 64 bytes"),
         ('{"user_id": "u", "app_version": "1.2.3.4"}', "app_version is not a dotted number of up to three parts"),
         ('{"user_id": "u", "locale": "a\\u0000b"}', "locale contains a NUL byte"),
         ('{"user_id": "u", "device_type": "%s"}' % ("x" * 33), "device_type is longer than 32 characters"),
@@ -56,6 +71,39 @@ def test_an_event_keeps_its_fields_and_the_sent_date() -> None:
 def test_bad_records_get_a_reason_that_shows_no_value(body: str, reason: str) -> None:
     events, dead = parse_batch([message(body)])
     assert events == [] and [d.reason for d in dead] == [reason]
+
+
+def test_unambiguous_numbers_are_their_decimal_text() -> None:
+    event = parse_event(message('{"user_id": 42, "app_version": 2, "device_id": 5934759}'))
+    assert (event.user_id, event.app_version, event.device_id) == ("42", 2_000_000, "5934759")
+
+
+@pytest.mark.parametrize("masker", MASKERS, ids=lambda m: m.mode)
+@pytest.mark.parametrize(
+    "value", ["198.51.100.7²", "１９８.51.100.7", "fe80::1%eth0", "::ffff:10.1.2.3%eth0", "1.2.3.4\u0663", "٣.1.1.1"]
+)
+def test_a_hostile_ip_costs_at_most_its_own_record(masker: Masker, value: str) -> None:
+    good = [message(json.dumps({"user_id": f"u{i}", "ip": "10.0.0.1"}), f"g-{i}") for i in range(3)]
+    bad = message(json.dumps({"user_id": "x", "ip": value}), "bad")
+    ready, dead = parse_batch([good[0], bad, *good[1:]], masker)
+    assert {p.row.message_id for p in ready} >= {"g-0", "g-1", "g-2"}
+    for letter in dead:
+        assert value not in letter.reason and not any(ch in letter.reason for ch in "²١٣")
+
+
+def test_an_exception_no_rule_foresaw_makes_one_dead_letter_named_by_its_type() -> None:
+    class Exploding(Masker):
+        def mask_device_id(self, device_id: str) -> str:
+            if device_id == "boom":
+                raise ValueError(f"invalid literal for int(): {device_id!r}")
+            return super().mask_device_id(device_id)
+
+    masker = Exploding(parse_key_ring("1:" + "A" * 44))
+    ready, dead = parse_batch(
+        [message('{"user_id": "u", "device_id": "boom"}', "b"), message('{"user_id": "v"}', "g")], masker
+    )
+    assert [p.row.message_id for p in ready] == ["g"]
+    assert [(d.message.message_id, d.reason) for d in dead] == [("b", "record could not be masked: ValueError")]
 
 
 def test_nulls_and_missing_fields_are_null_columns() -> None:
@@ -82,4 +130,4 @@ def test_any_json_object_is_an_event_or_a_dead_letter(record: dict) -> None:
     events, dead = parse_batch([message(json.dumps(record))])
     assert len(events) + len(dead) == 1
     if events:
-        assert isinstance(events[0].user_id, str) and events[0].user_id.strip()
+        assert isinstance(events[0].row.user_id, str) and events[0].row.user_id.strip()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.pipeline.keys import parse_key_ring
+from tasks.pipeline.keys import MaskingKeyError, create_development_key, parse_key_ring, refuse_development_key
 from tasks.pipeline.masking import Masker, TokenError, normalise_ip, token_version
 
 
@@ -36,7 +36,36 @@ def test_tokens_carry_mode_and_key_version_and_fit_the_column() -> None:
     rotated = Masker(parse_key_ring(ring((1, 1), (2, 2))), "hmac")
     token = rotated.mask_device_id("d" * 128)
     assert token.startswith("h2:") and token_version(token) == 2 and len(token) <= 256
-    assert len(SIV.mask_device_id("d" * 128)) <= 256
+    assert len(SIV.mask_device_id("d" * 127)) <= 256
+
+
+def test_siv_tokens_do_not_tell_the_length_of_the_value() -> None:
+    assert len(SIV.mask_ip("1.2.3.4")[0]) == len(SIV.mask_ip("255.255.255.255")[0])
+    assert len(SIV.mask_device_id("1")) == len(SIV.mask_device_id("593-47-5928"))
+    assert SIV.unmask("ip", SIV.mask_ip("255.255.255.255")[0]) == "255.255.255.255"
+
+
+def test_device_ids_are_nfkc_normalised_and_keep_their_case() -> None:
+    assert SIV.mask_device_id("\uff15\uff19\uff13-47-5928") == SIV.mask_device_id("593-47-5928")
+    assert SIV.mask_device_id("aB-1") != SIV.mask_device_id("ab-1")
+
+
+def test_a_key_ring_naming_one_version_twice_is_refused() -> None:
+    with pytest.raises(MaskingKeyError, match="twice"):
+        parse_key_ring(ring((1, 1), (1, 2)))
+
+
+def test_the_development_key_is_refused_outside_the_stack_that_made_it(tmp_path) -> None:
+    create_development_key(tmp_path / "stack" / "masking.keys", tmp_path / "stack")
+    keys = parse_key_ring((tmp_path / "stack" / "masking.keys").read_text())
+    refuse_development_key(keys, tmp_path / "stack")  # its own stack: allowed
+    copied = parse_key_ring(
+        "\n".join(
+            line for line in (tmp_path / "stack" / "masking.keys").read_text().splitlines() if not line.startswith("#")
+        )
+    )
+    with pytest.raises(MaskingKeyError, match="development key"):
+        refuse_development_key(copied, tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize(
@@ -49,6 +78,11 @@ def test_tokens_carry_mode_and_key_version_and_fit_the_column() -> None:
         ("224.0.0.1", "224.0.0.1", True),
         ("127.0.0.1", "127.0.0.1", True),
         ("not-an-ip", "not-an-ip", False),
+        ("fe80::1%eth0", "fe80::1", True),
+        ("::ffff:10.1.2.3%eth0", "10.1.2.3", True),
+        ("198.51.100.7\u00b2", "198.51.100.7\u00b2", False),
+        ("\uff11.2.3.4", "\uff11.2.3.4", False),
+        ("1.2.3.\u0664", "1.2.3.\u0664", False),
     ],
 )
 def test_normalisation(raw: str, normal: str, is_address: bool) -> None:
