@@ -60,7 +60,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     WITH written AS (
         INSERT INTO public.unmask_audit (recovered_by, recovered_at, field, token, reason, filter)
-        SELECT session_user, statement_timestamp(), p_field, token, p_reason, p_filter
+        SELECT session_user, now(), p_field, token, p_reason, p_filter
         FROM unnest(p_tokens) AS token
         RETURNING 1
     )

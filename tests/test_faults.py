@@ -6,9 +6,12 @@ FAULTS_RESULTS (default: the stack folder's faults.json); `python -m tasks fault
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -229,6 +232,15 @@ def test_ten_thousand_events_with_repeated_logins(db, worker) -> None:
     db.rollback()
 
 
+def stop_gracefully(process: subprocess.Popen, within: float = 60) -> None:
+    """SIGTERM (the runner then stops its children), then its group is killed."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=within)
+    kill_group(process)
+
+
 def test_a_batch_held_up_by_a_lock_is_retried_not_dead_lettered(db, database_url) -> None:
     """A lock longer than the statement timeout cancels the batch's insert: a transient
     failure, retried once the lock is gone (as a soft time limit would be)."""
@@ -248,7 +260,7 @@ def test_a_batch_held_up_by_a_lock_is_retried_not_dead_lettered(db, database_url
         worker.stop()
 
 
-def test_run_drain_rides_out_a_database_and_an_sqs_outage(db) -> None:
+def test_run_drain_rides_out_a_database_and_an_sqs_outage(db, database_url) -> None:
     """`python -m tasks run --drain` as a user runs it, through both outages: it says so
     on its progress line, and finishes with every event accounted for."""
     messages, valid = events(3000, 9)
@@ -260,14 +272,18 @@ def test_run_drain_rides_out_a_database_and_an_sqs_outage(db) -> None:
     try:
         send_with_ids(messages)
         first_rows(db, 250)
-        with db.cursor() as cur:  # no new connections, and every open one cut
+        admin = store.connect(database_url.replace("/postgres?", "/template1?"))
+        admin.autocommit = True
+        with admin.cursor() as cur:  # no new connections, and every open one cut
             cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS false")
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
-        db.commit()
-        wait_until(lambda: "database unreachable, retrying" in log.read_text(), timeout=30, what="the run to say so")
-        with db.cursor() as cur:
-            cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS true")
-        db.commit()
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'postgres'")
+        try:
+            wait_until(lambda: "database unreachable, retrying" in log.read_text(), timeout=30, what="the run to say")
+        finally:
+            with admin.cursor() as cur:
+                cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS true")
+            admin.close()
+        db = store.connect(database_url)
         outage.cut()
         wait_until(lambda: "SQS unreachable, retrying" in log.read_text(), timeout=30, what="the run to say so")
         outage.restore()
@@ -275,5 +291,8 @@ def test_run_drain_rides_out_a_database_and_an_sqs_outage(db) -> None:
         account("run --drain through a database and an SQS outage", messages, valid, db)
         assert "received" in log.read_text().splitlines()[-1]  # the summary line
     finally:
-        kill_group(run)
+        if outage.server is None:
+            outage.restore()
+        stop_gracefully(run)
         outage.cut()
+        db.close()

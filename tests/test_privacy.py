@@ -103,7 +103,7 @@ def test_the_recovery_role_can_only_append_to_the_audit(db) -> None:
     with db.cursor() as cur:  # the one way in: the database sets who and when
         cur.execute("SELECT record_unmask('ip', ARRAY['t-forge'], 'r', 'f')")
         cur.execute("RESET ROLE")
-        cur.execute("SELECT recovered_by = session_user, recovered_at = statement_timestamp() FROM unmask_audit")
+        cur.execute("SELECT recovered_by = session_user, recovered_at = now() FROM unmask_audit")
         assert cur.fetchall() == [(True, True)]
     db.rollback()
 
@@ -183,7 +183,7 @@ HOSTILE_BODIES = [
     json.dumps({"user_id": "h1", "ip": "198.51.100.7\u00b2", "device_id": "dev-\u00b2-777"}),
     json.dumps({"user_id": "h2", "ip": "fe80::1%eth0", "device_id": 12345678}),
     json.dumps({"user_id": "h3", "ip": "203.0.113.9", "device_id": "d" * 200}),
-    json.dumps({"user_id": "h4", "ip": "203.0.113.10", "device_id": "x", "app_version": 2.30}),
+    json.dumps({"user_id": "h4", "ip": "203.0.113.10", "device_id": "dev-h4-5150", "app_version": 2.30}),
 ]
 
 

@@ -29,7 +29,8 @@ def test_refused_rows_are_isolated_and_the_rest_inserted(db) -> None:
             inserted, refused = store.insert_isolating(cur, rows)
             assert inserted == 18
             assert [r.message_id for r, _ in refused] == ["m3", "m17"]
-            assert all("violates check constraint" in reason for _, reason in refused)
+            # The reason names the rule and the constraint, never the row's values.
+            assert {reason for _, reason in refused} == {"database refused the record: check_violation (no_xx)"}
         finally:
             db.rollback()
 
