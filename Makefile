@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint stack-up stack-down status clean
+.PHONY: run demo test lint stack-up stack-down status clean compose-seed
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ stack-down: $(STAMP)
 
 status: $(STAMP)
 	$(PY) -m tasks status
+
+# The image carries no seed command (tasks/dev is development only): send the exercise's
+# events from here to compose's LocalStack, published on 127.0.0.1:4566.
+compose-seed: $(STAMP)  ## load the exercise's 100 events into `docker compose up`'s login-queue
+	SQS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+		$(PY) -m tasks seed $(if $(COUNT),--count $(COUNT))
 
 clean:
 	-$(PY) -m tasks stack down

@@ -67,7 +67,6 @@ def test_compose_runs_the_documented_commands_and_ports() -> None:
     assert services["worker"]["command"][:4] == ["celery", "-A", "tasks", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "tasks", "beat"]
     assert services["flower"]["command"][:4] == ["celery", "-A", "tasks", "flower"]
-    assert "python -m tasks stack init" in services["init"]["command"][-1]
     flower_port = services["flower"]["environment"]["FLOWER_PORT"]
     assert services["flower"]["ports"] == [f"127.0.0.1:{flower_port}:{flower_port}"]
     assert COMPOSE["services"]["localstack"]["ports"] == ["127.0.0.1:4566:4566"]
@@ -79,3 +78,96 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = {name for name in SETTINGS if f"`{name}`" not in readme}
     assert not missing, f"settings missing from the README's configuration table: {sorted(missing)}"
+
+
+# --- The image: runtime only ---------------------------------------------------------------
+
+DEVELOPMENT_ONLY = ("tasks/dev", "tests", "docs", "data", ".venv", ".stack", ".git", "requirements-dev.txt")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern (Go filepath.Match plus `**`) as a regular expression."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def in_build_context(path: str) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            negated = line.startswith("!")
+            rules.append((negated, _pattern(line.lstrip("!").strip("/"))))
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    included = True
+    for negated, regex in rules:
+        if any(regex.match(c) for c in candidates):
+            included = negated
+    return included
+
+
+def test_the_dockerfile_copies_no_development_code() -> None:
+    steps = dockerfile_instructions()
+    copied = [source for kind, args in steps if kind == "COPY" for source in args.split()[:-1]]
+    assert copied and "." not in copied and "./" not in copied, "copy named runtime files, never the whole context"
+    for source in copied:
+        assert not any(source.rstrip("/").startswith(dev) for dev in DEVELOPMENT_ONLY), source
+    runs = [args for kind, args in steps if kind == "RUN"]
+    requirements = next(i for i, r in enumerate(runs) if "-r requirements.txt" in r)
+    project = next(i for i, r in enumerate(runs) if "--no-deps ." in r)
+    assert requirements < project, "the pinned requirements first, then the project without dependencies"
+    assert "test ! -e tasks/dev" in runs[project], "the build fails if tasks/dev reached the context"
+    assert not any("requirements-dev" in r for r in runs)
+    assert ("USER", "10001") in steps
+
+
+def test_the_dockerignore_keeps_development_files_out_of_the_build_context() -> None:
+    for path in (
+        "tasks/dev/seed.py",
+        "tasks/dev/stack.py",
+        "tests/test_deploy.py",
+        "docs/privacy.md",
+        "data/sample_data.json",
+        ".venv/bin/python",
+        ".stack/masking.keys",
+        ".git/HEAD",
+        "requirements-dev.txt",
+        "tasks/__pycache__/celery.cpython-311.pyc",
+        "deploy/aws/iam-worker.json",
+    ):
+        assert not in_build_context(path), path
+    for kind, args in dockerfile_instructions():
+        if kind == "COPY":
+            for source in args.split()[:-1]:
+                assert in_build_context(source.rstrip("/")), f"the Dockerfile copies {source}, which is ignored"
+    for path in ("tasks/celery.py", "tasks/pipeline/store.py", "tasks/ops/provision.py", "init.sql"):
+        assert in_build_context(path), path
+
+
+def test_compose_init_only_provisions_and_nothing_runs_development_commands() -> None:
+    services = pipeline_services()
+    assert services["init"]["command"] == ["python", "-m", "tasks", "stack", "init"]
+    development = ("seed", "bench", "stack up", "tasks run")
+    for name, service in services.items():
+        command = " ".join(service.get("command", []))
+        assert not any(word in command for word in development), f"{name} runs a development command: {command}"
