@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint stack-up stack-down status clean compose-seed
+.PHONY: run demo test lint stack-up stack-down status clean compose-seed audit
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(STAMP)          ## seed 1,000 events, drain them, print a summary, exit
 test: $(STAMP)          ## lint, then the whole suite against real LocalStack, PostgreSQL and workers
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Not part of `test`: it asks a vulnerability service (pypi.org's JSON API; `AUDIT_SERVICE=osv`
+# for osv.dev) about every pinned package. --strict fails when a package could not be checked,
+# instead of reporting "No known vulnerabilities found" for packages it never looked up.
+audit: $(STAMP)         ## known vulnerabilities of requirements.txt and requirements-dev.txt
+	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements.txt
+	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements-dev.txt
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
