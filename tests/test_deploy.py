@@ -204,3 +204,49 @@ def test_the_readme_says_why_each_dependency_is_there() -> None:
     missing = (set(requirements("requirements.txt")) | set(requirements("requirements-dev.txt"))) - names
     assert not missing, f"not in the README's Dependencies table: {sorted(missing)}"
     assert "pip-audit --strict -r requirements.txt" in table
+
+
+# --- Retention of raw PII in queues ------------------------------------------------------
+
+
+def provisioned_queues(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
+    """The attributes `stack init` sets on each queue, with SQS replaced by a recorder."""
+    from tasks.ops import provision
+
+    queues: dict[str, dict[str, str]] = {}
+
+    def create(name: str, attributes: dict[str, str]) -> str:
+        queues[name] = attributes
+        return f"https://sqs.example/000000000000/{name}"
+
+    monkeypatch.setattr(provision, "_create_queue", create)
+    monkeypatch.setattr(provision, "_arn", lambda url: "arn:aws:sqs:eu-west-1:000000000000:" + url.rsplit("/", 1)[1])
+    provision.create_queues()
+    return queues
+
+
+def test_queues_holding_raw_bodies_keep_them_no_longer_than_their_purpose(monkeypatch: pytest.MonkeyPatch) -> None:
+    days = {name: int(a["MessageRetentionPeriod"]) / 86400 for name, a in provisioned_queues(monkeypatch).items()}
+    assert days == {
+        "login-queue": 14,  # the producer's queue: the outage budget
+        "login-queue-dlq": 14,  # at least its source's (SQS keeps the enqueue time)
+        "login-pipeline-fetch": 1,
+        "login-pipeline-batches": 1,  # whole batches of raw bodies, handled in seconds
+        "login-pipeline-batches-dlq": 4,
+    }
+    assert days["login-queue-dlq"] >= days["login-queue"]
+    assert days["login-pipeline-batches-dlq"] >= days["login-pipeline-batches"]
+
+
+def test_the_aws_readme_states_the_retention_that_init_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "deploy" / "aws" / "README.md").read_text()
+    rows = {}
+    for row in readme.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if row.startswith("| `") and len(cells) == 4:
+            for name in re.findall(r"`([a-z-]+)`", cells[0]):
+                rows[name] = cells[3]
+    for name, attributes in provisioned_queues(monkeypatch).items():
+        n = int(attributes["MessageRetentionPeriod"]) // 86400
+        assert rows[name] == f"{n} day{'s' if n > 1 else ''}", name
+        assert f'MessageRetentionPeriod\\": \\"$(({n} * DAY))' in readme or f"=$(({n} * DAY))" in readme
