@@ -3,6 +3,7 @@ the configuration that celeryconfig.py reads and the README documents."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -250,3 +251,280 @@ def test_the_aws_readme_states_the_retention_that_init_sets(monkeypatch: pytest.
         n = int(attributes["MessageRetentionPeriod"]) // 86400
         assert rows[name] == f"{n} day{'s' if n > 1 else ''}", name
         assert f'MessageRetentionPeriod\\": \\"$(({n} * DAY))' in readme or f"=$(({n} * DAY))" in readme
+
+
+# --- IAM: the least each process needs ----------------------------------------------------
+# The calls below are read from the code: tasks/pipeline (source, dead letters), kombu's SQS
+# transport and its SNS fanout (task queues, per-process queues, topics), tasks/ops. A small
+# evaluator (explicit deny wins; StringEquals/StringLike/ArnLike conditions; policy
+# variables) answers them from deploy/aws/iam-*.json.
+
+ACCOUNT, OTHER_ACCOUNT = "123456789012", "210987654321"
+POLICIES = {p.stem.removeprefix("iam-"): p for p in sorted((ROOT / "deploy" / "aws").glob("iam-*.json"))}
+DURABLE_QUEUES = ("login-queue", "login-queue-dlq", "login-pipeline-fetch", "login-pipeline-batches",
+                  "login-pipeline-batches-dlq")  # fmt: skip
+# Per-process queues, as kombu names them under CELERY_QUEUE_PREFIX (tasks/ops/sweep.py).
+EVENT_QUEUE = "login-pipeline-celeryev-0b6f8a7e-5b3c-4e0a-9d0b-2f1c3e4d5a6b"
+PIDBOX_QUEUE = "login-pipeline-celery_login-pipeline-worker-7d9f-celery-pidbox"
+REPLY_QUEUE = "login-pipeline-8c1d2e3f-aaaa-bbbb-cccc-0123456789ab-reply-celery-pidbox"
+EVENT_TOPIC, PIDBOX_TOPIC = "login-pipeline-celeryev", "login-pipeline-celery-pidbox"
+
+
+def sqs(name: str, account: str = ACCOUNT) -> str:
+    return f"arn:aws:sqs:eu-west-1:{account}:{name}"
+
+
+def sns(name: str) -> str:
+    return f"arn:aws:sns:eu-west-1:{ACCOUNT}:{name}"
+
+
+def subscription(topic: str, endpoint: str, protocol: str = "sqs") -> tuple[str, str, dict[str, str]]:
+    return ("sns:Subscribe", sns(topic), {"sns:Protocol": protocol, "sns:Endpoint": endpoint})
+
+
+def _glob(pattern: str, value: str, case: bool = True) -> bool:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, 0 if case else re.IGNORECASE) is not None
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _condition_holds(condition: dict, context: dict[str, str]) -> bool:
+    for operator, tests in condition.items():
+        for key, wanted in tests.items():
+            if key not in context:
+                return False
+            values = [v.replace("${aws:PrincipalAccount}", ACCOUNT) for v in _as_list(wanted)]
+            if operator == "StringEquals":
+                ok = context[key] in values
+            elif operator in ("StringLike", "ArnLike"):
+                ok = any(_glob(v, context[key]) for v in values)
+            else:
+                raise AssertionError(f"the test's evaluator does not know {operator}: teach it")
+            if not ok:
+                return False
+    return True
+
+
+def allowed(policy: str, action: str, resource: str, context: dict[str, str] | None = None) -> bool:
+    document = json.loads(POLICIES[policy].read_text())
+    decision = False
+    for statement in document["Statement"]:
+        assert {"NotAction", "NotResource", "Principal"}.isdisjoint(statement)
+        if not any(_glob(a, action, case=False) for a in _as_list(statement["Action"])):
+            continue
+        if not any(_glob(r, resource) for r in _as_list(statement["Resource"])):
+            continue
+        if not _condition_holds(statement.get("Condition", {}), context or {}):
+            continue
+        if statement["Effect"] == "Deny":
+            return False
+        decision = True
+    return decision
+
+
+OWN_QUEUE_CALLS = ("sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
+                   "sqs:ReceiveMessage", "sqs:DeleteMessage")  # fmt: skip
+NEEDS = {
+    "worker": [
+        *[(a, sqs("login-queue")) for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueUrl")],
+        *[(a, sqs("login-queue-dlq")) for a in ("sqs:SendMessage", "sqs:GetQueueUrl")],
+        *[
+            (a, sqs(q))
+            for q in ("login-pipeline-fetch", "login-pipeline-batches")
+            for a in (
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+            )
+        ],
+        ("sqs:SendMessage", sqs("login-pipeline-batches")),
+        *[
+            (a, sqs(q))
+            for q in (EVENT_QUEUE, PIDBOX_QUEUE, REPLY_QUEUE)
+            for a in (*OWN_QUEUE_CALLS, "sqs:SetQueueAttributes")
+        ],
+        ("sqs:SendMessage", sqs(REPLY_QUEUE)),
+        ("sqs:ListQueues", "*"),
+        *[
+            (a, sns(t))
+            for t in (EVENT_TOPIC, PIDBOX_TOPIC)
+            for a in ("sns:CreateTopic", "sns:TagResource", "sns:Publish", "sns:ListSubscriptionsByTopic")
+        ],
+        subscription(EVENT_TOPIC, sqs(EVENT_QUEUE)),
+        subscription(PIDBOX_TOPIC, sqs(PIDBOX_QUEUE)),
+        ("sns:Unsubscribe", "*"),
+    ],
+    "beat": [
+        ("sqs:SendMessage", sqs("login-pipeline-fetch")),
+        ("sqs:GetQueueAttributes", sqs("login-pipeline-fetch")),
+        ("sqs:ListQueues", "*"),
+    ],
+    "flower": [
+        *[(a, sqs(q)) for q in (EVENT_QUEUE, REPLY_QUEUE) for a in OWN_QUEUE_CALLS],
+        ("sqs:SetQueueAttributes", sqs(EVENT_QUEUE)),
+        ("sqs:ListQueues", "*"),
+        *[(a, sns(t)) for t in (EVENT_TOPIC, PIDBOX_TOPIC) for a in ("sns:CreateTopic", "sns:TagResource")],
+        ("sns:ListSubscriptionsByTopic", sns(EVENT_TOPIC)),
+        subscription(EVENT_TOPIC, sqs(EVENT_QUEUE)),
+        ("sns:Unsubscribe", "*"),
+        ("sns:Publish", sns(PIDBOX_TOPIC)),  # inspect and enable_events broadcasts
+    ],
+    "init": [
+        (a, sqs(q))
+        for q in DURABLE_QUEUES
+        for a in ("sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:GetQueueAttributes")
+    ],
+    "keda": [("sqs:GetQueueAttributes", sqs(q)) for q in ("login-queue", "login-pipeline-batches")],
+    "operator": [
+        *[(a, sqs(q)) for q in DURABLE_QUEUES for a in ("sqs:GetQueueUrl", "sqs:GetQueueAttributes")],
+        *[
+            (a, sqs("login-queue-dlq"))
+            for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
+        ],
+        ("sqs:SendMessage", sqs("login-queue")),
+        *[(a, sqs(q)) for q in (EVENT_QUEUE, REPLY_QUEUE) for a in ("sqs:GetQueueAttributes", "sqs:DeleteQueue")],
+        *[("sqs:GetQueueUrl", sqs(q)) for q in (EVENT_QUEUE, PIDBOX_QUEUE, REPLY_QUEUE)],  # sweep's existence check
+        ("sqs:ListQueues", "*"),
+        ("sns:ListSubscriptions", "*"),
+        ("sns:Unsubscribe", "*"),
+    ],
+}
+
+
+def _calls(call: tuple) -> tuple[str, str, dict[str, str]]:
+    return call if len(call) == 3 else (*call, {})
+
+
+def test_each_process_has_its_own_policy() -> None:
+    assert set(POLICIES) == set(NEEDS)
+
+
+@pytest.mark.parametrize("process", sorted(NEEDS))
+def test_each_process_may_make_the_calls_its_code_makes(process: str) -> None:
+    missing = [c for c in map(_calls, NEEDS[process]) if not allowed(process, *c)]
+    assert not missing, f"{process} would be denied: {missing}"
+
+
+@pytest.mark.parametrize("process", sorted(NEEDS))
+def test_each_process_may_make_no_call_beyond_them(process: str) -> None:
+    """Every action a policy names, on every resource it could touch, is one the process needs."""
+    needed = {(a.lower(), r) for a, r, _ in map(_calls, NEEDS[process])}
+    resourceless = {a for a, r in needed if r == "*"}  # ListQueues, Unsubscribe, ListSubscriptions
+    probes = [sqs(q) for q in (*DURABLE_QUEUES, EVENT_QUEUE, PIDBOX_QUEUE, REPLY_QUEUE)]
+    probes += [sns(t) for t in (EVENT_TOPIC, PIDBOX_TOPIC)]
+    statements = json.loads(POLICIES[process].read_text())["Statement"]
+    actions = {a.lower() for s in statements for a in _as_list(s["Action"])} - resourceless
+    endpoints = [{"sns:Protocol": "sqs", "sns:Endpoint": sqs(q)} for q in (EVENT_QUEUE, PIDBOX_QUEUE)]
+    surplus = [
+        (a, r)
+        for a in sorted(actions)
+        for r in probes
+        if (a, r) not in needed and any(allowed(process, a, r, context) for context in endpoints)
+    ]
+    assert not surplus, f"{process} may do more than it needs: {surplus}"
+
+
+@pytest.mark.parametrize("process", sorted(set(NEEDS) - {"init"}))
+def test_no_process_but_init_can_create_change_purge_or_delete_a_durable_queue(process: str) -> None:
+    for queue in DURABLE_QUEUES:
+        for action in ("sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:DeleteQueue", "sqs:PurgeQueue",
+                       "sqs:AddPermission", "sqs:TagQueue"):  # fmt: skip
+            assert not allowed(process, action, sqs(queue)), (process, action, queue)
+    durable = {f"arn:aws:sqs:*:*:{q}" for q in DURABLE_QUEUES}
+    statements = json.loads(POLICIES[process].read_text())["Statement"]
+    denies = [s for s in statements if s["Effect"] == "Deny" and set(_as_list(s["Resource"])) >= durable]
+    assert denies, f"{process}: an explicit deny keeps any later, broader grant from reopening them"
+
+
+def test_init_only_creates_and_configures_the_durable_queues() -> None:
+    for queue in (EVENT_QUEUE, PIDBOX_QUEUE, "login-pipeline-anything", "other-queue"):
+        assert not allowed("init", "sqs:CreateQueue", sqs(queue))
+    for action in ("sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:SendMessage", "sqs:PurgeQueue", "sns:CreateTopic"):
+        assert not any(allowed("init", action, sqs(q)) for q in DURABLE_QUEUES), action
+
+
+@pytest.mark.parametrize("process", ["worker", "flower"])
+def test_subscriptions_go_only_to_our_own_per_process_queues_over_sqs(process: str) -> None:
+    assert allowed(process, *subscription(EVENT_TOPIC, sqs(EVENT_QUEUE)))
+    refused = [
+        subscription(EVENT_TOPIC, sqs(EVENT_QUEUE), protocol="https"),
+        subscription(EVENT_TOPIC, "https://attacker.example/collect", protocol="https"),
+        subscription(EVENT_TOPIC, "someone@example.com", protocol="email"),
+        subscription(EVENT_TOPIC, sqs(EVENT_QUEUE, account=OTHER_ACCOUNT)),  # another account's queue
+        ("sns:Subscribe", sns(EVENT_TOPIC), {"sns:Protocol": "sqs"}),  # no endpoint: no grant
+        *[subscription(t, sqs(q)) for t in (EVENT_TOPIC, PIDBOX_TOPIC) for q in DURABLE_QUEUES],
+        subscription("some-other-topic", sqs(EVENT_QUEUE)),
+    ]
+    for call in refused:
+        assert not allowed(process, *call), call
+
+
+def test_beat_only_publishes_fetch_tasks() -> None:
+    for action, resource in [("sqs:SendMessage", sqs(q)) for q in DURABLE_QUEUES if q != "login-pipeline-fetch"] + [
+        ("sqs:ReceiveMessage", sqs("login-queue")),
+        ("sqs:CreateQueue", sqs(EVENT_QUEUE)),
+        ("sns:Publish", sns(EVENT_TOPIC)),
+        ("sns:Subscribe", sns(EVENT_TOPIC)),
+    ]:
+        assert not allowed("beat", action, resource, {"sns:Protocol": "sqs", "sns:Endpoint": sqs(EVENT_QUEUE)})
+
+
+def test_flower_reads_no_pipeline_queue_and_sends_no_task() -> None:
+    for queue in DURABLE_QUEUES:
+        for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:GetQueueAttributes"):
+            assert not allowed("flower", action, sqs(queue)), (action, queue)
+    assert not allowed("flower", "sns:Publish", sns(EVENT_TOPIC)), "Flower listens to events, it sends none"
+
+
+def test_the_iam_policies_pass_parliament() -> None:
+    from parliament import analyze_policy_string
+
+    for process, path in POLICIES.items():
+        findings = analyze_policy_string(path.read_text(), include_community_auditors=True).findings
+        issues = {f.issue for f in findings}
+        # SetQueueAttributes can set a queue's policy: only init (durable queues) and the
+        # per-process queues that kombu subscribes to SNS (worker, Flower) carry it.
+        if process in ("init", "worker", "flower"):
+            issues.discard("PERMISSIONS_MANAGEMENT_ACTIONS")
+        assert not issues, f"{path.name}: {[(f.issue, f.detail) for f in findings]}"
+
+
+def test_the_aws_readme_explains_every_grant() -> None:
+    readme = (ROOT / "deploy" / "aws" / "README.md").read_text()
+    for path in POLICIES.values():
+        assert f"`{path.name}`" in readme, path.name
+        for statement in json.loads(path.read_text())["Statement"]:
+            assert f"`{statement['Sid']}`" in readme, f"{path.name}: statement {statement['Sid']} is not explained"
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+
+def k8s_objects() -> list[dict]:
+    return [doc for m in MANIFESTS for doc in yaml.safe_load_all(m.read_text()) if doc]
+
+
+def workloads() -> dict[str, dict]:
+    """Deployments and Jobs by component: their pod templates."""
+    found = {}
+    for obj in k8s_objects():
+        if obj["kind"] in ("Deployment", "Job"):
+            found[obj["metadata"]["labels"]["app.kubernetes.io/component"]] = obj["spec"]["template"]
+    return found
+
+
+def test_each_process_has_its_own_service_account_and_iam_role() -> None:
+    accounts = {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == "ServiceAccount"}
+    used = set()
+    for component, template in workloads().items():
+        name = template["spec"]["serviceAccountName"]
+        assert name == f"login-pipeline-{component}", component
+        role = accounts[name]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert role.endswith(f":role/login-pipeline-{component}") and component in POLICIES, component
+        assert accounts[name]["automountServiceAccountToken"] is False, name
+        used.add(name)
+    assert used == set(accounts) - {"login-pipeline-init"} or used == set(accounts), "no shared or unused account"
