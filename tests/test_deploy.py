@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -527,4 +528,59 @@ def test_each_process_has_its_own_service_account_and_iam_role() -> None:
         assert role.endswith(f":role/login-pipeline-{component}") and component in POLICIES, component
         assert accounts[name]["automountServiceAccountToken"] is False, name
         used.add(name)
-    assert used == set(accounts) - {"login-pipeline-init"} or used == set(accounts), "no shared or unused account"
+    assert used == set(accounts), "no account shared, none unused"
+
+
+# --- Database logins: never the superuser, except init ------------------------------------
+
+LOGINS = {"worker": "login_pipeline_worker", "flower": "login_pipeline_metrics"}
+GRANTED = {"login_pipeline_worker": "login_pipeline_writer", "login_pipeline_metrics": "login_metrics"}
+
+
+def db_user(url: str) -> str:
+    return urlsplit(url).username or ""
+
+
+def test_compose_logs_no_pipeline_process_in_as_the_superuser() -> None:
+    superuser = COMPOSE["services"]["postgres"]["environment"].get("POSTGRES_USER", "postgres")
+    urls = {name: s["environment"].get("DATABASE_URL") for name, s in pipeline_services().items()}
+    assert db_user(urls.pop("init")) == superuser, "init applies init.sql"
+    assert urls.pop("beat") is None, "beat never touches the database"
+    assert {name: db_user(url) for name, url in urls.items()} == LOGINS
+    assert "DATABASE_URL" not in COMPOSE["x-pipeline"]["environment"], "no URL shared by every service"
+    for name, service in pipeline_services().items():
+        assert ("MASKING_KEYS" in service["environment"]) == (name == "worker"), "only the worker masks"
+
+
+def test_compose_makes_the_logins_after_the_roles_with_passwords_from_the_environment() -> None:
+    postgres = COMPOSE["services"]["postgres"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in postgres["volumes"]}
+    assert mounts["./init.sql"] < mounts["./deploy/compose/logins.sh"], "initdb runs its scripts in name order"
+    script = (ROOT / "deploy" / "compose" / "logins.sh").read_text()
+    made = dict(re.findall(r"CREATE ROLE (\w+) LOGIN PASSWORD :'\w+' IN ROLE (\w+);", script))
+    assert made == GRANTED
+    sql = script[script.index("<<'SQL'") :]
+    assert not re.search(r"\b(SUPERUSER|CREATEROLE|CREATEDB|BYPASSRLS|REPLICATION)\b", sql, re.IGNORECASE)
+    for variable in ("WORKER_DB_PASSWORD", "METRICS_DB_PASSWORD", "POSTGRES_PASSWORD"):
+        assert postgres["environment"][variable].startswith(f"${{{variable}:?"), f"{variable} comes from the env"
+
+
+def test_kubernetes_gives_each_pod_its_own_secret_and_only_init_the_administrator() -> None:
+    secrets = {o["metadata"]["name"]: o["stringData"] for o in k8s_objects() if o["kind"] == "Secret"}
+    for component, template in workloads().items():
+        spec = template["spec"]
+        container = spec["containers"][0]
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", []) if "valueFrom" in e}
+        refs |= {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        refs |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+        url = next((e for e in container.get("env", []) if e["name"] == "DATABASE_URL"), None)
+        if component == "beat":
+            assert not refs and url is None, "beat holds no secret and no database URL"
+            continue
+        assert refs == {f"login-pipeline-{component}"}, (component, refs)
+        user = db_user(secrets[f"login-pipeline-{component}"]["DATABASE_URL"])
+        if component == "init":
+            assert user not in GRANTED, "init applies the schema as the administrator"
+        else:
+            assert user == LOGINS[component], component
+    assert set(workloads()) == {"worker", "beat", "flower", "init"}
