@@ -32,8 +32,11 @@ RUN test ! -e tasks/dev \
     && rm -rf build ./*.egg-info \
     && python -m compileall -q tasks celeryconfig.py flowerconfig.py
 
-RUN useradd --system --uid 10001 --no-create-home pipeline
-USER 10001
+# A user and group of their own, by number, as the Kubernetes manifests run it
+# (runAsUser/runAsGroup 10001, read-only root filesystem, /tmp an emptyDir).
+RUN groupadd --system --gid 10001 pipeline \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pipeline
+USER 10001:10001
 
 EXPOSE 5555
 CMD ["celery", "-A", "tasks", "worker", "--loglevel=INFO", "-Q", "fetch,batches"]

@@ -140,7 +140,7 @@ def test_the_dockerfile_copies_no_development_code() -> None:
     assert requirements < project, "the pinned requirements first, then the project without dependencies"
     assert "test ! -e tasks/dev" in runs[project], "the build fails if tasks/dev reached the context"
     assert not any("requirements-dev" in r for r in runs)
-    assert ("USER", "10001") in steps
+    assert ("USER", "10001:10001") in steps
 
 
 def test_the_dockerignore_keeps_development_files_out_of_the_build_context() -> None:
@@ -584,3 +584,81 @@ def test_kubernetes_gives_each_pod_its_own_secret_and_only_init_the_administrato
         else:
             assert user == LOGINS[component], component
     assert set(workloads()) == {"worker", "beat", "flower", "init"}
+
+
+# --- Pod security and the network -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("component", ["worker", "beat", "flower", "init"])
+def test_every_pod_runs_unprivileged_on_a_read_only_root(component: str) -> None:
+    spec = workloads()[component]["spec"]
+    assert spec["automountServiceAccountToken"] is False, "nothing here calls the Kubernetes API"
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 10001 and pod["runAsGroup"] == 10001
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    tmp_volumes = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    for container in spec["containers"] + spec.get("initContainers", []):
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}, "drop all, add none"
+        assert not security.get("privileged") and security.get("runAsUser", 10001) == 10001
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts.get("/tmp") in tmp_volumes, "/tmp (STACK_DIR) is the only writable place"
+
+
+def test_what_the_processes_write_lies_under_tmp() -> None:
+    config = next(o for o in k8s_objects() if o["kind"] == "ConfigMap")["data"]
+    assert config["STACK_DIR"] == "/tmp" and config["WORKER_HEALTH_FILE"].startswith("/tmp/")
+    beat = workloads()["beat"]["spec"]["containers"][0]["command"]
+    assert beat[beat.index("--schedule") + 1].startswith("/tmp/")
+    keys = next(v for v in workloads()["worker"]["spec"]["volumes"] if v["name"] == "masking-keys")
+    assert keys["secret"]["defaultMode"] == 0o440
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "the test's selector knows In only"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _ports(rules: list[dict]) -> set[tuple[str, int]]:
+    return {(p.get("protocol", "TCP"), p["port"]) for rule in rules for p in rule.get("ports", [])}
+
+
+def network(component: str) -> tuple[set, set, list[dict], set[str]]:
+    """Ingress ports, egress ports, ingress rules and policy types that apply to a component's pods."""
+    labels = workloads()[component]["metadata"]["labels"]
+    policies = [o["spec"] for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
+    applying = [p for p in policies if _selects(p["podSelector"], labels)]
+    types = {t for p in applying for t in p["policyTypes"]}
+    ingress = [r for p in applying for r in p.get("ingress", [])]
+    egress = [r for p in applying for r in p.get("egress", [])]
+    return _ports(ingress), _ports(egress), ingress, types
+
+
+@pytest.mark.parametrize("component", ["worker", "beat", "flower", "init"])
+def test_network_policy_denies_by_default_and_opens_only_dns_https_and_postgresql(component: str) -> None:
+    ingress, egress, ingress_rules, types = network(component)
+    assert types == {"Ingress", "Egress"}, "both directions are default-deny for every pipeline pod"
+    has_database = component != "beat"
+    expected = {("UDP", 53), ("TCP", 53), ("TCP", 443)} | ({("TCP", 5432)} if has_database else set())
+    assert egress == expected, component
+    if component == "flower":
+        port = next(p["containerPort"] for p in workloads()["flower"]["spec"]["containers"][0]["ports"])
+        assert ingress == {("TCP", port)}
+        sources = [peer for rule in ingress_rules for peer in rule["from"]]
+        assert sources and all("namespaceSelector" in s and "ipBlock" not in s for s in sources), "Prometheus only"
+    else:
+        assert not ingress_rules, f"nothing connects to {component}"
+
+
+def test_flower_is_reached_only_through_its_cluster_ip_service() -> None:
+    services = [o for o in k8s_objects() if o["kind"] == "Service"]
+    assert [s["metadata"]["name"] for s in services] == ["login-pipeline-flower"]
+    assert services[0]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert not [o for o in k8s_objects() if o["kind"] == "Ingress"], "an Ingress needs its own NetworkPolicy rule"
