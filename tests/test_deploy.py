@@ -662,3 +662,31 @@ def test_flower_is_reached_only_through_its_cluster_ip_service() -> None:
     assert [s["metadata"]["name"] for s in services] == ["login-pipeline-flower"]
     assert services[0]["spec"].get("type", "ClusterIP") == "ClusterIP"
     assert not [o for o in k8s_objects() if o["kind"] == "Ingress"], "an Ingress needs its own NetworkPolicy rule"
+
+
+# --- docs/privacy.md ---------------------------------------------------------------------------
+
+
+def test_privacy_doc_says_where_raw_pii_can_rest_who_can_read_it_and_how_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (ROOT / "docs" / "privacy.md").read_text()
+    section = doc[doc.index("## Where raw PII can rest, who can read it, for how long") :]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and "---" not in r][1:]
+
+    def row(where: str) -> str:
+        found = [r for r in rows if r.split("|")[1].strip().startswith(where)]
+        assert len(found) == 1, f"one row for {where}"
+        return found[0]
+
+    places = ("`login-queue` ", "`login-queue-dlq`", "Celery's batch queue", "the batch dead-letter queue",
+              "worker process memory", "logs", "Flower", "PostgreSQL", "`unmask` output", "bench and test")  # fmt: skip
+    for where in places:
+        row(where)
+    # The retention each row states is the one `stack init` sets.
+    days = {n: int(a["MessageRetentionPeriod"]) // 86400 for n, a in provisioned_queues(monkeypatch).items()}
+    for where, queue in (("`login-queue` ", "login-queue"), ("`login-queue-dlq`", "login-queue-dlq"),
+                         ("Celery's batch queue", "login-pipeline-batches"),
+                         ("the batch dead-letter queue", "login-pipeline-batches-dlq")):  # fmt: skip
+        assert f"{days[queue]} day" in row(where).split("|")[4], queue
+    assert "DEAD_LETTER_KEEP_BODY=false" in row("`login-queue-dlq`")
+    assert "`botocore` loggers" in row("logs") and "at DEBUG" in row("logs")
+    assert "An `hmac` key is as sensitive as a `siv` key" in doc
