@@ -29,6 +29,11 @@ def test_hadolint_passes_the_dockerfile() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_shellcheck_passes_the_compose_login_script() -> None:
+    result = run(str(BIN / "shellcheck"), "deploy/compose/logins.sh")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_compose_files_follow_the_compose_specification() -> None:
     result = run(
         str(BIN / "check-jsonschema"),
