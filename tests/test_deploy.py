@@ -370,6 +370,7 @@ NEEDS = {
         ("sqs:ListQueues", "*"),
     ],
     "flower": [
+        *[(a, sqs(q)) for q in DURABLE_QUEUES for a in ("sqs:GetQueueUrl", "sqs:GetQueueAttributes")],  # depths
         *[(a, sqs(q)) for q in (EVENT_QUEUE, REPLY_QUEUE) for a in OWN_QUEUE_CALLS],
         ("sqs:SetQueueAttributes", sqs(EVENT_QUEUE)),
         ("sqs:ListQueues", "*"),
@@ -479,9 +480,10 @@ def test_beat_only_publishes_fetch_tasks() -> None:
         assert not allowed("beat", action, resource, {"sns:Protocol": "sqs", "sns:Endpoint": sqs(EVENT_QUEUE)})
 
 
-def test_flower_reads_no_pipeline_queue_and_sends_no_task() -> None:
+def test_flower_reads_no_pipeline_message_and_sends_no_task() -> None:
     for queue in DURABLE_QUEUES:
-        for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:GetQueueAttributes"):
+        assert allowed("flower", "sqs:GetQueueAttributes", sqs(queue)), "queue depths for its Broker page"
+        for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"):
             assert not allowed("flower", action, sqs(queue)), (action, queue)
     assert not allowed("flower", "sns:Publish", sns(EVENT_TOPIC)), "Flower listens to events, it sends none"
 
@@ -546,12 +548,17 @@ def db_user(url: str) -> str:
     return urlsplit(url).username or ""
 
 
+def database_urls(environment: dict[str, str]) -> set[str]:
+    """Every database URL a process gets (DATABASE_URL, or a collector's own, e.g. METRICS_DATABASE_URL)."""
+    return {value for name, value in environment.items() if name.endswith("DATABASE_URL")}
+
+
 def test_compose_logs_no_pipeline_process_in_as_the_superuser() -> None:
     superuser = COMPOSE["services"]["postgres"]["environment"].get("POSTGRES_USER", "postgres")
-    urls = {name: s["environment"].get("DATABASE_URL") for name, s in pipeline_services().items()}
-    assert db_user(urls.pop("init")) == superuser, "init applies init.sql"
-    assert urls.pop("beat") is None, "beat never touches the database"
-    assert {name: db_user(url) for name, url in urls.items()} == LOGINS
+    users = {name: {db_user(u) for u in database_urls(s["environment"])} for name, s in pipeline_services().items()}
+    assert users.pop("init") == {superuser}, "init applies init.sql"
+    assert users.pop("beat") == set(), "beat never touches the database"
+    assert users == {name: {login} for name, login in LOGINS.items()}
     assert "DATABASE_URL" not in COMPOSE["x-pipeline"]["environment"], "no URL shared by every service"
     for name, service in pipeline_services().items():
         assert ("MASKING_KEYS" in service["environment"]) == (name == "worker"), "only the worker masks"
@@ -578,16 +585,15 @@ def test_kubernetes_gives_each_pod_its_own_secret_and_only_init_the_administrato
         refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", []) if "valueFrom" in e}
         refs |= {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
         refs |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
-        url = next((e for e in container.get("env", []) if e["name"] == "DATABASE_URL"), None)
         if component == "beat":
-            assert not refs and url is None, "beat holds no secret and no database URL"
+            assert not refs and not [e for e in container.get("env", []) if e["name"].endswith("DATABASE_URL")]
             continue
         assert refs == {f"login-pipeline-{component}"}, (component, refs)
-        user = db_user(secrets[f"login-pipeline-{component}"]["DATABASE_URL"])
+        users = {db_user(url) for url in database_urls(secrets[f"login-pipeline-{component}"])}
         if component == "init":
-            assert user not in GRANTED, "init applies the schema as the administrator"
+            assert len(users) == 1 and not users & set(GRANTED), "init applies the schema as the administrator"
         else:
-            assert user == LOGINS[component], component
+            assert users == {LOGINS[component]}, component
     assert set(workloads()) == {"worker", "beat", "flower", "init"}
 
 
