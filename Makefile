@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint stack-up stack-down status clean
+.PHONY: run demo test lint stack-up stack-down status clean compose-seed audit
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)          ## lint, then the whole suite against real LocalStack, P
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# Not part of `test`: it asks a vulnerability service (pypi.org's JSON API; `AUDIT_SERVICE=osv`
+# for osv.dev) about every pinned package. --strict fails when a package could not be checked,
+# instead of reporting "No known vulnerabilities found" for packages it never looked up.
+audit: $(STAMP)         ## known vulnerabilities of requirements.txt and requirements-dev.txt
+	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements.txt
+	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements-dev.txt
+
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
@@ -34,6 +41,12 @@ stack-down: $(STAMP)
 
 status: $(STAMP)
 	$(PY) -m tasks status
+
+# The image carries no seed command (tasks/dev is development only): send the exercise's
+# events from here to compose's LocalStack, published on 127.0.0.1:4566.
+compose-seed: $(STAMP)  ## load the exercise's 100 events into `docker compose up`'s login-queue
+	SQS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+		$(PY) -m tasks seed $(if $(COUNT),--count $(COUNT))
 
 clean:
 	-$(PY) -m tasks stack down
