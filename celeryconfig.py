@@ -115,7 +115,7 @@ CELERY_QUEUE_PREFIX = _env("CELERY_QUEUE_PREFIX", "login-pipeline-")
 FETCH_QUEUE = "fetch"
 BATCH_QUEUE = "batches"
 # Longer than the longest batch (retries are new messages, so one attempt).
-TASK_VISIBILITY_TIMEOUT = _int("TASK_VISIBILITY_TIMEOUT", 300)
+TASK_VISIBILITY_TIMEOUT = _int("TASK_VISIBILITY_TIMEOUT", 90)
 # Receives of a batch task message before SQS moves it to the batch dead-letter queue
 # (a task whose worker died again and again, or that failed outright).
 BATCH_QUEUE_MAX_RECEIVES = _int("BATCH_QUEUE_MAX_RECEIVES", 5)
@@ -166,7 +166,9 @@ worker_concurrency = _int("WORKER_CONCURRENCY", 4)
 worker_max_memory_per_child = _int("WORKER_MAX_MEMORY_KB", 400_000)
 worker_hijack_root_logger = False
 # A batch is killed well before SQS would hand its message to another worker. Its SQL
-# statements time out first (a lock, a slow disk), and the batch is retried.
+# statements time out first (a lock, a slow disk), and the batch is retried. A warm
+# shutdown therefore ends within task_time_limit + 10 s (82 s with the defaults), below
+# the 90 s that compose and Kubernetes give a worker to stop.
 task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
 task_soft_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.6)
 STATEMENT_TIMEOUT_MS = _int("STATEMENT_TIMEOUT_MS", int(task_soft_time_limit * 750))
