@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint stack-up stack-down status clean compose-seed audit
+.PHONY: run demo test test-unit lint stack-up stack-down status clean compose-seed audit
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,13 @@ run: $(STAMP)           ## worker, beat and Flower on the embedded stack, until 
 demo: $(STAMP)          ## seed 1,000 events, drain them, print a summary, exit
 	$(PY) -m tasks run --drain --seed $(or $(SEED),1000)
 
-test: $(STAMP)          ## lint, then the whole suite against real LocalStack, PostgreSQL and workers
+test: $(STAMP)          ## lint and types, then the whole suite against real LocalStack, PostgreSQL and workers
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
+
+test-unit: $(STAMP)     ## the pure functions only: no services, a few seconds
+	$(PY) -m pytest tests/unit
 
 # Not part of `test`: it asks a vulnerability service (pypi.org's JSON API; `AUDIT_SERVICE=osv`
 # for osv.dev) about every pinned package. --strict fails when a package could not be checked,
@@ -31,7 +35,7 @@ audit: $(STAMP)         ## known vulnerabilities of requirements.txt and require
 	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements-dev.txt
 
 lint: $(STAMP)
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
 
 stack-up: $(STAMP)
 	$(PY) -m tasks stack up

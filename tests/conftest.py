@@ -68,6 +68,8 @@ def no_process_left_behind() -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running by the suite (now killed): {left}"
+    if STACK_DIR.exists() and not any(STACK_DIR.iterdir()):
+        STACK_DIR.rmdir()  # made at import, never used (a unit-only run)
 
 
 @pytest.fixture(scope="session")

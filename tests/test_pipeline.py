@@ -83,3 +83,33 @@ def test_redrive_replays_dead_letters_and_a_still_bad_record_comes_back_with_its
     assert totals["rows"] == 1 and totals["dead_letters"] == 1
     [letter] = dead_letters()
     assert letter["MessageAttributes"]["reason"]["StringValue"] == "body is not JSON"
+
+
+def test_a_message_too_large_for_any_batch_is_one_dead_letter_and_its_batch_goes_on(worker, db) -> None:
+    """200,000 'é' are 1.2 MB once kombu escapes them: past SQS's 1 MiB for a task message."""
+    good = [b for b, valid in seed.generate(12) if valid][:6]
+    huge = json.dumps({"user_id": "u-huge", "ip": "10.0.0.1", "device_id": "\u00e9" * 200_000}, ensure_ascii=False)
+    seed.send(config.SOURCE_QUEUE, good[:3])
+    aws.client("sqs").send_message(QueueUrl=aws.queue_url(config.SOURCE_QUEUE), MessageBody=huge)  # 400 kB
+    seed.send(config.SOURCE_QUEUE, good[3:])
+    totals = drained(db, 7)
+    assert (totals["rows"], totals["dead_letters"]) == (6, 1)
+    [letter] = dead_letters()
+    assert letter["MessageAttributes"]["reason"]["StringValue"] == "too large"
+
+
+def test_a_batch_given_up_whole_is_in_the_ledger_and_the_metrics(db, database_url) -> None:
+    from tasks.ops.metrics import PipelineCollector
+    from tasks.pipeline.records import SourceMessage
+    from tasks.pipeline.service import give_up, pipeline
+
+    messages = [SourceMessage(f"gave-up-{n}", 1_700_000_000_000, '{"user_id": "u"}') for n in range(3)]
+    counts = give_up(pipeline(), messages, "permanent failure: Example", "task-1")
+    assert counts.dead_lettered == 3
+    with db.cursor() as cur:
+        cur.execute("SELECT reason FROM dead_letters WHERE message_id LIKE 'gave-up-%'")
+        assert [r[0] for r in cur.fetchall()] == ["permanent failure: Example"] * 3
+    db.rollback()
+    metrics = {m.name: m.samples[0].value for m in PipelineCollector().collect()}
+    assert metrics["login_pipeline_dead_lettered"] == 3
+    assert len(dead_letters()) == 3

@@ -77,7 +77,7 @@ def _close_open_channels() -> None:
 
 
 def is_reply_exchange(exchange: str | None) -> bool:
-    return bool(exchange) and exchange.startswith("reply.") and exchange.endswith(REPLY_EXCHANGE_SUFFIX)
+    return exchange is not None and exchange.startswith("reply.") and exchange.endswith(REPLY_EXCHANGE_SUFFIX)
 
 
 class Channel(SQS.Channel):

@@ -22,16 +22,24 @@ from tasks.broker import aws
 REPLY, EVENTS = "-reply-celery-pidbox", "celeryev-"
 
 
+def is_per_process(name: str) -> bool:
+    """A queue one Flower, `inspect` or event listener made for itself."""
+    return REPLY in name or EVENTS in name
+
+
+def is_stale(name: str, created: float, unread: int, cutoff: float) -> bool:
+    """Older than the cutoff, and a reply queue, or an event queue nobody drains."""
+    return is_per_process(name) and created < cutoff and (REPLY in name or unread > 0)
+
+
 def _stale(url: str, cutoff: float) -> bool:
     name = url.rsplit("/", 1)[1]
-    if REPLY not in name and EVENTS not in name:
+    if not is_per_process(name):
         return False
     attributes = aws.client("sqs").get_queue_attributes(
         QueueUrl=url, AttributeNames=["CreatedTimestamp", "ApproximateNumberOfMessages"]
     )["Attributes"]
-    old = float(attributes["CreatedTimestamp"]) < cutoff
-    unread = int(attributes["ApproximateNumberOfMessages"]) > 0
-    return old and (REPLY in name or unread)
+    return is_stale(name, float(attributes["CreatedTimestamp"]), int(attributes["ApproximateNumberOfMessages"]), cutoff)
 
 
 def stale_queues(older_than: float) -> list[str]:

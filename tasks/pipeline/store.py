@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -73,7 +74,15 @@ class BatchCounts:
 
 
 def connect(url: str, **options: str) -> Connection:
-    return psycopg2.connect(url, connect_timeout=5, application_name="login-pipeline", **options)
+    settings: dict[str, Any] = {"connect_timeout": 5, "application_name": "login-pipeline", **options}
+    return psycopg2.connect(url, **settings)
+
+
+def one_row(cur: Cursor) -> tuple:
+    """The row an aggregate query always returns."""
+    row = cur.fetchone()
+    assert row is not None, "an aggregate query returned no row"
+    return row
 
 
 def connect_writer(url: str, statement_timeout_ms: int = 0, **options: str) -> Connection:
@@ -183,7 +192,7 @@ def ledger_totals(conn: Connection) -> dict[str, float]:
             " coalesce(sum(dead_lettered), 0), coalesce(sum(non_address_ips), 0), count(*),"
             " coalesce(sum(seconds), 0), coalesce(max(seconds), 0) FROM ingest_batches"
         )
-        row = cur.fetchone()
+        row = one_row(cur)
     conn.rollback()
     return dict(zip(LEDGER_KEYS, map(float, row), strict=True))
 
@@ -192,7 +201,7 @@ def totals(conn: Connection) -> dict[str, int]:
     """Pipeline totals: rows and dead letters as stored, and the ledger's counts."""
     with conn.cursor() as cur:
         cur.execute("SELECT (SELECT count(*) FROM user_logins), (SELECT count(*) FROM dead_letters)")
-        rows, dead_letters = cur.fetchone()
+        rows, dead_letters = one_row(cur)
     conn.rollback()
     ledger = ledger_totals(conn)
     counts = {key: int(ledger[key]) for key in ("received", "inserted", "duplicates", "dead_lettered", "batches")}

@@ -1,0 +1,69 @@
+"""Cutting the source stream into batches, with a fake source queue: by count, by the
+bytes kombu will send, and apart for a message too large for any batch."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tasks.pipeline.batching import Batch, cut_batch, receive_batches, wire_size
+from tasks.pipeline.records import SourceMessage
+from tasks.pipeline.source import Received
+
+
+def received(n: int, body: str = '{"user_id": "u"}') -> Received:
+    return Received(SourceMessage(f"m-{n}", 1_700_000_000_000, body), f"r-{n}")
+
+
+class FakeSource:
+    """Hands out its messages `per_call` at a time, as ReceiveMessage would."""
+
+    def __init__(self, messages: list[Received], per_call: int = 10) -> None:
+        self.messages, self.per_call, self.waits = list(messages), per_call, []
+
+    def receive_up_to(self, count: int, wait: int = 0) -> list[Received]:
+        self.waits.append(wait)
+        got, self.messages = self.messages[: min(count, self.per_call)], self.messages[min(count, self.per_call) :]
+        return got
+
+
+def test_wire_size_counts_json_escaping_of_non_ascii() -> None:
+    assert wire_size(received(1, "é" * 100)) > 600  # each é is \\u00e9 on the wire
+    assert wire_size(received(1, "e" * 100)) < 200
+
+
+def test_a_batch_is_cut_by_count() -> None:
+    batch, rest = cut_batch([received(n) for n in range(12)], size=5, max_bytes=10**6)
+    assert [r.message.message_id for r in batch.messages] == [f"m-{n}" for n in range(5)] and len(rest) == 7
+
+
+def test_a_batch_is_cut_by_the_bytes_kombu_sends() -> None:
+    body = json.dumps({"user_id": "é" * 1000})
+    pending = [received(n, body) for n in range(10)]
+    batch, rest = cut_batch(pending, size=500, max_bytes=3 * wire_size(pending[0]))
+    assert len(batch.messages) == 3 and len(rest) == 7 and not batch.too_large
+
+
+def test_a_message_too_large_for_any_batch_is_set_apart_and_its_neighbours_go_on() -> None:
+    pending = [received(0), received(1, "é" * 200_000), received(2)]
+    batch, rest = cut_batch(pending, size=500, max_bytes=600_000)
+    assert [r.message.message_id for r in batch.messages] == ["m-0", "m-2"]
+    assert [r.message.message_id for r in batch.too_large] == ["m-1"] and rest == []
+
+
+def test_receive_batches_drains_a_source_in_batches_and_long_polls_only_first() -> None:
+    source = FakeSource([received(n) for n in range(23)])
+    batches = list(receive_batches(source, size=10, max_bytes=10**6, deadline=time.monotonic() + 60, first_wait=1))  # type: ignore[arg-type]
+    assert [len(b.messages) for b in batches] == [10, 10, 3]
+    assert source.waits[0] == 1 and set(source.waits[1:]) == {0}
+
+
+def test_receive_batches_stops_receiving_after_the_deadline_and_hands_out_what_it_holds() -> None:
+    source = FakeSource([received(n) for n in range(100)], per_call=4)
+    batches = list(receive_batches(source, size=10, max_bytes=10**6, deadline=time.monotonic() - 1))  # type: ignore[arg-type]
+    assert [len(b.messages) for b in batches] == [4] and len(source.messages) == 96
+
+
+def test_an_empty_source_gives_no_batch() -> None:
+    assert list(receive_batches(FakeSource([]), 10, 10**6, time.monotonic() + 60)) == []  # type: ignore[arg-type]
+    assert Batch().messages == [] and Batch().too_large == []

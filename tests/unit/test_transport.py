@@ -1,0 +1,89 @@
+"""tasks/broker/transport.py without a broker: the kombu internals it relies on are still
+there with the same signatures (an upgrade fails here, at once), and its decisions."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+
+import pytest
+from kombu.asynchronous import Hub
+from kombu.transport import SQS
+from kombu.transport.virtual.base import BrokerState
+
+from tasks.broker import transport
+from tasks.broker.transport import Channel, is_reply_exchange
+
+# What the transport overrides or calls in kombu, and the parameters it passes.
+KOMBU_INTERNALS = {
+    (SQS.Channel, "_lookup"): ["self", "exchange", "routing_key", "default"],
+    (SQS.Channel, "_delete_message"): ["self", "queue_name", "message"],
+    (SQS.Channel, "_on_messages_ready"): ["self", "queue", "qname", "messages"],
+    (SQS.Channel, "_release_messages"): ["self", "queue", "qname", "messages"],
+    (SQS.Channel, "_loop1"): ["self", "queue", "messages_fetched"],
+    (SQS.Channel, "_schedule_queue"): ["self", "queue"],
+    (SQS.Channel, "_new_queue"): ["self", "queue", "kwargs"],
+    (SQS.Channel, "_delete"): ["self", "queue", "exchange", "args", "kwargs"],
+    (SQS.Channel, "after_reply_message_received"): ["self", "queue"],
+    (SQS.Channel, "queue_declare"): ["self", "queue", "passive", "kwargs"],
+    (SQS.Transport, "register_with_event_loop"): ["self", "connection", "loop"],
+    (BrokerState, "queue_bindings"): ["self", "queue"],
+    (BrokerState, "queue_bindings_delete"): ["self", "queue"],
+}
+
+
+@pytest.mark.parametrize(("owner", "name"), list(KOMBU_INTERNALS), ids=lambda v: getattr(v, "__name__", v))
+def test_the_kombu_internals_it_relies_on_keep_their_signatures(owner: type, name: str) -> None:
+    assert list(inspect.signature(getattr(owner, name)).parameters) == KOMBU_INTERNALS[(owner, name)]
+
+
+def bare_channel(**attributes: Any) -> Channel:
+    """A Channel with no broker behind it: only what a method under test reads."""
+    channel = Channel.__new__(Channel)
+    channel._own_queues = set()
+    for name, value in attributes.items():
+        setattr(channel, name, value)
+    return channel
+
+
+def test_a_reply_goes_to_its_bound_queue_or_to_the_one_named_after_its_routing_key() -> None:
+    exchange = "reply.celery.pidbox"
+    table = [("key-a", "", "queue-a"), ("key-b", "", "queue-b")]
+    channel = bare_channel(get_table=lambda _: table)
+    assert channel._lookup(exchange, "key-a") == ["queue-a"]
+    # other reply bindings are known here, none for this key: the client's own queue
+    assert channel._lookup(exchange, "key-c") == [f"key-c.{exchange}"]
+    assert bare_channel(get_table=lambda _: [])._lookup(exchange, "key-d") == [f"key-d.{exchange}"]
+    assert is_reply_exchange(exchange) and not is_reply_exchange("celeryev")
+
+
+def test_the_event_loop_is_used_only_on_the_thread_it_runs_on() -> None:
+    hub = Hub()
+    channel = bare_channel(hub=hub)
+    assert channel.hub is hub  # not registered yet: as kombu gives it
+    transport._hub_threads[hub] = threading.get_ident()
+    assert channel.hub is hub
+    seen: list[Any] = []
+    other = threading.Thread(target=lambda: seen.append(channel.hub))
+    other.start()
+    other.join()
+    assert seen == [None]  # another thread: no hub, so synchronous calls
+
+
+def test_a_closed_channel_schedules_nothing_and_releases_what_it_still_received() -> None:
+    released: list[Any] = []
+    channel = bare_channel(closed=True, connection=None, _release_messages=lambda *a: released.append(a))
+    channel._loop1("q")  # kombu's would read self.connection.polling_interval
+    channel._schedule_queue("q")
+    assert channel._on_messages_ready("url", "q", {"Messages": [{"ReceiptHandle": "r"}]}) == 0
+    assert released == [("url", "q", [{"ReceiptHandle": "r"}])]
+    assert channel._on_messages_ready("url", "q", ["a failed receive"]) == 0
+
+
+def test_a_reply_queue_is_deleted_once_its_replies_arrived() -> None:
+    deleted: list[str] = []
+    channel = bare_channel(_delete_own_queue=deleted.append)
+    channel._own_queues.add("abc.reply.celery.pidbox")
+    channel.after_reply_message_received("abc.reply.celery.pidbox")
+    assert deleted == ["abc.reply.celery.pidbox"] and not channel._own_queues
