@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test test-unit lint stack-up stack-down status clean compose-seed audit
+.PHONY: run demo test test-unit docs lint stack-up stack-down status clean compose-seed audit
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)          ## lint and types, then the whole suite against real Loc
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+docs: $(STAMP)          ## regenerate README's configuration table from celeryconfig.py
+	$(PY) -m tasks config --write-readme
 
 test-unit: $(STAMP)     ## the pure functions only: no services, a few seconds
 	$(PY) -m pytest tests/unit

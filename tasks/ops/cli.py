@@ -137,6 +137,16 @@ def _faults(args: argparse.Namespace) -> int:
     return faults.run(write=args.write_docs)
 
 
+def _config(args: argparse.Namespace) -> int:
+    from tasks.ops import readme
+
+    if args.write_readme:
+        readme.write_settings_table()
+    else:
+        print(config.settings_table())
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     from tasks.ops.health import alive
 
@@ -191,6 +201,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("faults", help="run the fault scenarios on a test stack and print their table")
     s.add_argument("--write-docs", action="store_true", help="write the table into docs/reliability.md")
     s.set_defaults(func=_faults)
+
+    s = sub.add_parser("config", help="the settings, their defaults and meanings, as README's table")
+    s.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    s.set_defaults(func=_config)
 
     s = sub.add_parser("health", help="exit 0 if this machine's worker sent a heartbeat lately (liveness)")
     s.add_argument("--max-age", type=float, default=60)
