@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test test-unit docs lint stack-up stack-down status clean compose-seed audit
+.PHONY: run demo test test-unit docs conformance lint stack-up stack-down status clean compose-seed audit
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)          ## lint and types, then the whole suite against real Loc
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+conformance: $(STAMP)   ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-conformance.txt
+	$(PY) -m tasks conformance --write-docs
 
 docs: $(STAMP)          ## regenerate README's configuration table from celeryconfig.py
 	$(PY) -m tasks config --write-readme

@@ -137,6 +137,12 @@ def _faults(args: argparse.Namespace) -> int:
     return faults.run(write=args.write_docs)
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from tasks.dev import conformance
+
+    return conformance.run(per_test=not args.per_file_only, only=args.only, write=args.write_docs)
+
+
 def _config(args: argparse.Namespace) -> int:
     from tasks.ops import readme
 
@@ -201,6 +207,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("faults", help="run the fault scenarios on a test stack and print their table")
     s.add_argument("--write-docs", action="store_true", help="write the table into docs/reliability.md")
     s.set_defaults(func=_faults)
+
+    s = sub.add_parser("conformance", help="Celery's and kombu's integration suites, stock SQS against ours")
+    s.add_argument("--per-file-only", action="store_true", help="skip the one-session-per-test runs")
+    s.add_argument("--only", help="only the targets whose path contains this")
+    s.add_argument("--write-docs", action="store_true", help="write the table into docs/transport.md")
+    s.set_defaults(func=_conformance)
 
     s = sub.add_parser("config", help="the settings, their defaults and meanings, as README's table")
     s.add_argument("--write-readme", action="store_true", help="write the table into README.md")

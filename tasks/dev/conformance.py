@@ -1,0 +1,272 @@
+"""`conformance`: Celery's and kombu's own integration suites on SQS, run on stock kombu
+SQS and on this project's transport, and the table of both in docs/transport.md.
+
+The suites come from the sdists of the installed Celery and kombu, downloaded with pip
+and unpacked under the stack folder: used in place, never copied into the repository.
+They run against a private embedded LocalStack (its own folder and free port) with a
+private Redis as Celery's result backend, each target once in one pytest session per
+file and once in one session per test, with the plugin tasks/dev/conformance_plugin.py
+choosing the transport and counting worker deaths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "transport.md"
+BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
+VARIANTS = ("stock", "ours")
+SESSION_TIMEOUT = 400  # seconds a one-test session may take; a whole-file session, four times that
+# Chain, group, chord, result set and link_error: the canvas that rides on the broker.
+CANVAS_SUBSET = "chain or group or chord or ResultSet or result_set or link_error"
+
+
+@dataclass(frozen=True)
+class Target:
+    project: str  # celery or kombu: whose sdist
+    path: str
+    select: str | None = None  # a -k expression
+
+    @property
+    def label(self) -> str:
+        return Path(self.path).name + (" (chain, group, chord, result set, link_error)" if self.select else "")
+
+
+TARGETS = (
+    Target("celery", "t/integration/test_inspect.py"),
+    Target("celery", "t/integration/test_tasks.py"),
+    Target("celery", "t/integration/test_canvas.py", CANVAS_SUBSET),
+    Target("kombu", "t/integration/test_sqs.py"),
+)
+
+
+@dataclass
+class Tally:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    sessions: int = 0
+    deaths: int = 0
+    failing: set[str] = field(default_factory=set)
+
+    def add(self, other: Tally) -> None:
+        self.outcomes.update(other.outcomes)
+        self.sessions += other.sessions
+        self.deaths += other.deaths
+        self.failing |= other.failing
+
+    def cell(self) -> str:
+        o = self.outcomes
+        text = f"{o['passed']} passed, {o['failed']} failed, {o['skipped']} skipped"
+        return text + f"; {self.deaths} of {self.sessions} sessions with a worker death"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sources(work: Path) -> dict[str, Path]:
+    """The unpacked sdists of the installed celery and kombu."""
+    found = {}
+    for project in ("celery", "kombu"):
+        name = f"{project}-{version(project)}"
+        tree = work / "src" / name
+        if not tree.exists():
+            sdists = work / "sdists"
+            pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+            subprocess.run([*pip, "-d", str(sdists), f"{project}=={version(project)}"], check=True)
+            with tarfile.open(sdists / f"{name}.tar.gz") as archive:
+                archive.extractall(work / "src", filter="data")
+        found[project] = tree
+    return found
+
+
+class Services:
+    """A private LocalStack (the embedded stack in its own folder) and a private Redis."""
+
+    def __init__(self, work: Path) -> None:
+        self.stack_dir, self.sqs_port, self.redis_port = work / "stack", free_port(), free_port()
+        self.env = {
+            **os.environ,
+            "STACK_DIR": str(self.stack_dir),
+            "LOCALSTACK_PORT": str(self.sqs_port),
+            "LOCALSTACK_VENV": str(ROOT / ".stack" / "localstack-venv"),
+            "SQS_ENDPOINT_URL": f"http://localhost:{self.sqs_port}",
+        }
+        self.redis: subprocess.Popen | None = None
+
+    def __enter__(self) -> Services:
+        redis = shutil.which("redis-server")
+        if not redis:
+            raise SystemExit("conformance needs redis-server (Celery's result backend): apt-get install redis-server")
+        self.redis = subprocess.Popen(
+            [redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        subprocess.run([sys.executable, "-m", "tasks", "stack", "up"], env=self.env, check=True, cwd=ROOT)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        subprocess.run([sys.executable, "-m", "tasks", "stack", "down"], env=self.env, check=False, cwd=ROOT)
+        if self.redis:
+            self.redis.terminate()
+            self.redis.wait(timeout=30)
+
+    def session_env(self, variant: str, deaths: Path) -> dict[str, str]:
+        return {
+            **self.env,
+            "TEST_BROKER": f"sqs://test:test@localhost:{self.sqs_port}",
+            "TEST_BACKEND": f"redis://127.0.0.1:{self.redis_port}/0",
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(self.redis_port),
+            "SQS_HOST": "localhost",
+            "SQS_PORT": str(self.sqs_port),
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "CONFORMANCE_TRANSPORT": variant,
+            "CONFORMANCE_DEATHS": str(deaths),
+            "PYTHONPATH": str(ROOT),
+        }
+
+
+def celery_overrides(tree: Path, prefix: str) -> None:
+    """Celery's suite reads integration-tests-config.json from its own root."""
+    options = {
+        "region": "us-east-1",
+        "is_secure": False,
+        "queue_name_prefix": prefix,
+        "supports_fanout": True,
+        "wait_time_seconds": 1,
+        "polling_interval": 0.1,
+        "visibility_timeout": 60,
+    }
+    (tree / "integration-tests-config.json").write_text(json.dumps({"broker_transport_options": options}))
+
+
+def pytest_command(target: Target, tree: Path, ids: list[str], report: Path, select: str | None) -> list[str]:
+    """One session; reruns off, so that a test counts once, as it first came out."""
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:rerunfailures"]
+    command += ["-p", "tasks.dev.conformance_plugin"]
+    if target.project == "celery":
+        command += ["-p", "celery.contrib.pytest"]  # its fixtures (celery_parameters, ...)
+    command += ["-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", "--timeout=300", *ids]
+    return command + (["-k", select] if select else [])
+
+
+def collect(tree: Path, target: Target, env: dict[str, str]) -> list[str]:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--collect-only", "-o", "addopts="]
+    command += ["-p", "celery.contrib.pytest"] if target.project == "celery" else []
+    command += [target.path, *(["-k", target.select] if target.select else [])]
+    out = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False).stdout
+    return [line.strip() for line in out.splitlines() if "::" in line]
+
+
+def outcomes(report: Path) -> tuple[Counter[str], set[str]]:
+    counts: Counter[str] = Counter()
+    failing: set[str] = set()
+    if not report.exists():
+        counts["failed"] += 1
+        return counts, {"(session crashed)"}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        kinds = {child.tag for child in case}
+        name = f"{case.get('classname')}::{case.get('name')}"
+        if kinds & {"failure", "error"}:
+            counts["failed"] += 1
+            failing.add(name)
+        elif "skipped" in kinds:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts, failing
+
+
+def run_session(tree: Path, ids: list[str], target: Target, services: Services, variant: str, work: Path) -> Tally:
+    n = time.monotonic_ns()
+    report, deaths = work / "reports" / f"{n}.xml", work / "reports" / f"{n}.deaths"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    celery_overrides(tree, f"conf{n % 10**8}-")
+    command = pytest_command(target, tree, ids, report, target.select if ids == [target.path] else None)
+    log = work / "reports" / f"{n}.log"
+    with open(log, "w") as out:
+        session = subprocess.Popen(
+            command, cwd=tree, env=services.session_env(variant, deaths), stdout=out, stderr=out, start_new_session=True
+        )
+        try:
+            session.wait(timeout=SESSION_TIMEOUT * (4 if ids == [target.path] else 1))
+        except subprocess.TimeoutExpired:
+            out.write("\n(conformance: session timed out and was killed)\n")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(session.pid, signal.SIGKILL)
+            session.wait()
+    counts, failing = outcomes(report)
+    died = deaths.exists() and bool(deaths.read_text().strip())
+    return Tally(counts, 1, int(died), failing)
+
+
+def run(per_test: bool = True, only: str | None = None, write: bool = False) -> int:
+    work = ROOT / ".stack" / "conformance"
+    trees = sources(work)
+    results: dict[tuple[str, str, str], Tally] = {}
+    targets = [t for t in TARGETS if only is None or only in t.path]
+    with Services(work) as services:
+        for target in targets:
+            tree = trees[target.project]
+            ids = collect(tree, target, services.session_env("stock", work / "none"))
+            for variant in VARIANTS:
+                results[(target.label, variant, "file")] = run_session(
+                    tree, [target.path], target, services, variant, work
+                )
+                print(target.label, variant, "per file:", results[(target.label, variant, "file")].cell(), flush=True)
+                if per_test:
+                    tally = Tally()
+                    for test_id in ids:
+                        tally.add(run_session(tree, [test_id], target, services, variant, work))
+                    results[(target.label, variant, "test")] = tally
+                    print(target.label, variant, "per test:", tally.cell(), flush=True)
+    text = table(results, targets, per_test)
+    print(text)
+    if write:
+        write_docs(text)
+    return 0
+
+
+def table(results: dict[tuple[str, str, str], Tally], targets: list[Target], per_test: bool) -> str:
+    modes = ("file", "test") if per_test else ("file",)
+    lines = ["| tests | sessions | A: stock kombu SQS | B: this transport |", "|---|---|---|---|"]
+    for target in targets:
+        for mode in modes:
+            stock, ours = results[(target.label, "stock", mode)], results[(target.label, "ours", mode)]
+            lines.append(f"| `{target.label}` | one per {mode} | {stock.cell()} | {ours.cell()} |")
+    lines += ["", "Tests that fail on this transport:", ""]
+    for target in targets:
+        for mode in modes:
+            ours, stock = results[(target.label, "ours", mode)], results[(target.label, "stock", mode)]
+            for name in sorted(ours.failing):
+                also = " (fails on stock too)" if name in stock.failing else " (passes on stock)"
+                lines.append(f"- one per {mode}: `{name}`{also}")
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    head, found, rest = DOC.read_text().partition(BEGIN)
+    if not found:
+        raise SystemExit(f"{DOC} has no {BEGIN} marker")
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.partition(END)[2]}")
