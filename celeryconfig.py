@@ -91,6 +91,12 @@ WORKER_HEALTH_FILE = _env("WORKER_HEALTH_FILE", str(STACK_DIR / "worker.alive"))
 FLOWER_ADDRESS = _env("FLOWER_ADDRESS", "127.0.0.1")
 FLOWER_PORT = _int("FLOWER_PORT", 5555)
 FLOWER_BASIC_AUTH = _env("FLOWER_BASIC_AUTH", "")  # user:password
+# Flower is a read-only monitor; this opts in to its controls (task apply/revoke, worker
+# shutdown, pool and consumers). It needs FLOWER_BASIC_AUTH (tasks/ops/flower.py).
+FLOWER_ALLOW_CONTROL = _bool("FLOWER_ALLOW_CONTROL", False)
+# The pipeline counters on Flower's /metrics read the ledger as a login user granted
+# login_metrics (init.sql): SELECT on ingest_batches only. Unset: DATABASE_URL.
+METRICS_DATABASE_URL = _env("METRICS_DATABASE_URL", "")
 
 
 def database_url() -> str:
@@ -100,6 +106,11 @@ def database_url() -> str:
     if DATABASE_URL_FILE.exists():
         return DATABASE_URL_FILE.read_text().strip()
     raise RuntimeError("DATABASE_URL is not set and the embedded stack is not up")
+
+
+def metrics_database_url() -> str:
+    """The PostgreSQL URL of the metrics collector: METRICS_DATABASE_URL, else database_url()."""
+    return METRICS_DATABASE_URL or database_url()
 
 
 def _broker_url() -> str:
