@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +46,16 @@ class Worker:
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
             )
-        self.wait_for("ready.")
+        try:
+            self.wait_for("ready.")
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def node(self) -> str:
+        """The worker's node name, as Celery and Flower show it."""
+        return f"{self.name}@{socket.gethostname()}"
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -55,7 +66,8 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a crash would."""
-        os.killpg(self.process.pid, 9)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(self.process.pid, 9)
         self.process.wait(timeout=30)
 
     def stop(self, sig: int = 15) -> int:
@@ -130,23 +142,62 @@ class Outage:
             sink.shutdown(socket.SHUT_WR)
 
 
-def flower_api(port: int, path: str) -> object:
+def flower_request(
+    port: int,
+    path: str,
+    method: str = "GET",
+    auth: tuple[str, str] | None = None,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """Flower's status and body for one request (an HTTP error is an answer too)."""
+    headers = dict(headers or {})
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def flower_api(port: int, path: str, auth: tuple[str, str] | None = None) -> object:
     """Flower's answer at `path` (JSON decoded, except the health check and metrics)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            body = response.read().decode()
+        status, body = flower_request(port, path, auth=auth)
     except OSError:
+        return None
+    if status != 200:
         return None
     return body if path in ("/healthcheck", "/metrics") else json.loads(body)
 
 
-def start_flower(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
-        cwd=ROOT,
-        env={**os.environ, "FLOWER_PORT": str(port), **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(lambda: flower_api(port, "/healthcheck") == "OK", timeout=30, what="Flower")
+def start_flower(port: int, env: dict[str, str] | None = None, name: str = "flower") -> subprocess.Popen:
+    """`celery -A tasks flower --conf=flowerconfig.py` on `port`, once it answers; its log in STACK_DIR."""
+    with open(config.STACK_DIR / f"{name}-{port}.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
+            cwd=ROOT,
+            env={**os.environ, "FLOWER_PORT": str(port), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: flower_api(port, "/healthcheck") == "OK", timeout=30, what="Flower")
+    except AssertionError:
+        stop_process(process)
+        raise
     return process
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a process started in its own session, then SIGKILL its whole group."""
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, 9)
+    process.wait(timeout=timeout)
