@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import click
 from celery import Celery
 
 app = Celery("tasks", include=["tasks.fetch", "tasks.batch", "tasks.ops.health"])
 app.config_from_object("celeryconfig")
+
+
+def serving_flower() -> bool:
+    """Whether the Celery command line is loading this app for `celery -A tasks flower`."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.invoked_subcommand == "flower"
+
+
+if serving_flower():  # Flower is read-only and checked however it is started (tasks/ops/flower.py)
+    from tasks.ops import flower
+
+    flower.install()

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote
 
@@ -25,11 +26,11 @@ pytestmark = pytest.mark.usefixtures("test_stack")
 AUTH = ("operator", "test-only-password")
 
 
-def run_flower(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_flower(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Flower as an operator would start it, expected to refuse before it serves anything."""
     return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py", *args],
-        cwd=ROOT,
+        [sys.executable, "-m", "celery", "-A", "tasks", "flower", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,19 +39,30 @@ def run_flower(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+CONF = "--conf=flowerconfig.py"
+
+
 @pytest.mark.parametrize(
     ("args", "env", "why"),
     [
-        (["--address=0.0.0.0"], {"FLOWER_ADDRESS": "127.0.0.1"}, "would listen on 0.0.0.0 without auth"),
-        ([], {"FLOWER_ADDRESS": "0.0.0.0"}, "would listen on 0.0.0.0 without auth"),
-        (["--address="], {}, "would listen on every interface without auth"),
-        ([], {"FLOWER_UNAUTHENTICATED_API": "true"}, "FLOWER_UNAUTHENTICATED_API opens"),
-        ([], {"FLOWER_ALLOW_CONTROL": "true"}, "FLOWER_ALLOW_CONTROL needs FLOWER_BASIC_AUTH"),
+        ([CONF, "--address=0.0.0.0"], {"FLOWER_ADDRESS": "127.0.0.1"}, "would listen on 0.0.0.0 without auth"),
+        ([CONF], {"FLOWER_ADDRESS": "0.0.0.0"}, "would listen on 0.0.0.0 without auth"),
+        ([CONF, "--address="], {}, "would listen on every interface without auth"),
+        ([CONF], {"FLOWER_UNAUTHENTICATED_API": "true"}, "FLOWER_UNAUTHENTICATED_API opens"),
+        ([CONF], {"FLOWER_ALLOW_CONTROL": "true"}, "FLOWER_ALLOW_CONTROL needs FLOWER_BASIC_AUTH"),
     ],
     ids=["cli-address", "env-address", "empty-address", "unauthenticated-api", "control-without-auth"],
 )
 def test_flower_refuses_to_start_exposed(args: list[str], env: dict[str, str], why: str) -> None:
-    result = run_flower(*args, env=env)
+    assert_refused(run_flower(*args, env=env), why)
+
+
+def test_flower_without_the_config_file_is_checked_too(tmp_path: Path) -> None:
+    """Started elsewhere, without flowerconfig.py, Flower's default is every interface: refused."""
+    assert_refused(run_flower(cwd=tmp_path), "would listen on every interface without auth")
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], why: str) -> None:
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines() if line.startswith("flower refused to start:")]
     assert len(refusals) == 1 and why in refusals[0], result.stderr[-2000:]

@@ -1,12 +1,14 @@
 """Flower as this pipeline runs it: a read-only monitor of an SQS broker, safe to open.
 
-Owns, for `celery -A tasks flower --conf=flowerconfig.py` (flowerconfig.py calls install()):
+Owns, for `celery -A tasks flower`: install() runs when the Celery command line loads
+the app for Flower (tasks/celery.py), so with or without --conf=flowerconfig.py:
 
 - The final check of Flower's options (``check_options``). Flower applies its options
   from the environment, then the command line, then the config file, then the command
   line again, so a check in the config file alone misses ``--address=0.0.0.0``. The
-  check runs as a tornado parse callback after the last of them and refuses to start
-  (one line, exit status 1) when Flower would listen beyond the loopback without
+  check runs when Flower builds its app, after all of them (Celery's ``import_modules``
+  signal, which ``Flower.__init__`` sends before the port is bound), and refuses to
+  start (one line, exit status 1) when Flower would listen beyond the loopback without
   auth, when FLOWER_UNAUTHENTICATED_API would open its API to every web page
   (``Access-Control-Allow-Origin: *``), or when control is asked for without auth.
 - Read-only by default: Flower's own ``read_only`` mode (every control endpoint answers
@@ -23,14 +25,16 @@ Flower internals relied on (flower 2.2.0; tests/test_flower_*.py fail if they ch
 
 - ``flower.urls.handlers``: the module-level route list that ``Flower.__init__`` reads;
   install() replaces its /broker and /metrics entries in place.
-- ``flower.command.apply_options``: runs the config file with ``final=False`` and the
-  command line after it with ``final=True``, so a parse callback that the config file
-  registers runs once, after every option is applied.
+- ``flower.app.Flower.__init__``: reads the routes, then calls the Celery app's
+  ``loader.import_default_modules()`` (which sends ``import_modules``), after
+  ``flower.command`` has applied every option and before it binds the port.
 - ``flower.views.BaseHandler.get_broker`` (returns an object with ``async queues(names)``)
   and the keys that templates/broker.html reads of a queue (name, messages,
   messages_ready, messages_unacknowledged, consumers, idle_since).
 - ``flower.views.monitor.Metrics`` and ``BaseHandler.get_current_user``, which raises 401
   for missing or wrong basic-auth credentials and accepts everyone without auth.
+- ``BaseHandler.check_xsrf_cookie``: under auth, refuses a write whose Sec-Fetch-Site or
+  Origin names another site (what makes FLOWER_ALLOW_CONTROL safe to offer).
 - The ``read_only`` option and the FLOWER_UNAUTHENTICATED_API environment variable.
 """
 
@@ -44,6 +48,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from celery import signals
 from flower import urls
 from flower.utils import strtobool
 from flower.views.broker import BrokerView
@@ -154,12 +159,16 @@ def replace_route(pattern: str, handler: type[web.RequestHandler]) -> None:
     raise RuntimeError(f"Flower has no route {pattern}; tasks/ops/flower.py needs updating")
 
 
+def _check_when_flower_starts(sender: Any = None, **_: Any) -> None:
+    check_options()
+
+
 def install() -> None:
-    """Wire the above into Flower: called from flowerconfig.py, before Flower builds its app."""
+    """Wire the above into Flower, before Flower builds its app (idempotent)."""
     global _installed
     if _installed:
         return
     replace_route("/broker", SqsBrokerView)
     replace_route("/metrics", AuthenticatedMetrics)
-    options.add_parse_callback(check_options)
+    signals.import_modules.connect(_check_when_flower_starts, weak=False)
     _installed = True
