@@ -139,7 +139,9 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
         assert page.locator("#workers-online").inner_text().strip() == "1"
         row = page.locator("#workers-table tbody tr", has_text=scene.retrying.name).first.inner_text()
         assert "Online" in row
+        assert_no_controls(page)
         seen["workers"] = browser.show_workers(page, scene.retrying.name)
+        seen["workers html"] = page.content()
 
         tabs = browser.show_worker_tabs(page, scene.retrying.node)
         assert_no_controls(page)
@@ -155,6 +157,8 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
         assert re.search(r"\b\d+\.\d+\b", cells), f"no runtime in {cells!r}"
         assert page.locator("#tasks-table tbody tr", has_text="RETRY").count() >= 1
         task_id = succeeded.get_attribute("id")  # the task table's rows are keyed by task id
+        assert_no_controls(page)
+        seen["tasks html"] = page.content()
 
         seen["task"] = browser.show_task(page, task_id)
         assert f"batch of {BATCH} messages" in seen["task"] and "SUCCESS" in seen["task"]
@@ -168,6 +172,7 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
             if len(cells := [c.strip() for c in row.locator("td").all_inner_texts()]) == 6
         }
         seen["broker html"] = page.content()
+        assert_no_controls(page)
     for queue in (*config_queue_names(),):
         assert queue in depths, f"{queue} not on the Broker page: {sorted(depths)}"
         messages, in_flight, visible = depths[queue][:3]

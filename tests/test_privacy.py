@@ -19,7 +19,7 @@ from tasks.ops import recovery
 from tasks.pipeline import store
 from tasks.pipeline.keys import parse_key_ring
 from tasks.pipeline.masking import Masker, TokenError
-from tests.helpers import ROOT, Worker, flower_api, start_flower, wait_until
+from tests.helpers import ROOT, Worker, flower_api, free_port, start_flower, stop_process, wait_until
 from tests.test_faults import settle
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -143,16 +143,17 @@ def raw_values(bodies: list[str]) -> set[str]:
 
 def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     worker = Worker("pii-scan", beat=True, env={"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"})
-    flower = start_flower(5598)
+    port, auth = free_port(), ("privacy", "test-only-password")  # Flower's API answers under auth only
+    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth)})
     try:
         bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)]
         raw = raw_values(bodies)
-        wait_until(lambda: flower_api(5598, "/api/tasks"), timeout=60, what="Flower to see task events")
+        wait_until(lambda: flower_api(port, "/api/tasks", auth), timeout=60, what="Flower to see task events")
         seed.send(config.SOURCE_QUEUE, bodies)
         settle()
-        flower_tasks = json.dumps(flower_api(5598, "/api/tasks"))
+        flower_tasks = json.dumps(flower_api(port, "/api/tasks", auth))
     finally:
-        flower.terminate()
+        stop_process(flower)
         worker.stop()
     with db.cursor() as cur:
         cur.execute(
