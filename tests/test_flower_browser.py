@@ -23,6 +23,7 @@ import pytest
 import celeryconfig as config
 from tasks.celery import app
 from tasks.dev import browser, seed
+from tasks.ops.status import queue_names
 from tests.conftest import reset_pipeline
 from tests.helpers import ROOT, Worker, flower_request, free_port, start_flower, stop_process, wait_until
 
@@ -147,13 +148,14 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
         assert_no_controls(page)
         seen.update({f"worker tab {tab}": text for tab, text in tabs.items()})
         seen["worker html"] = page.content()
-        assert f"batch of {BATCH} messages" in tabs["tasks"]  # the scheduled retries, as summaries
+        assert re.search(r"batch of \d+ messages", tabs["tasks"])  # the scheduled retries, as summaries
         assert "login-pipeline-batches" in tabs["queues"] or "batches" in tabs["queues"]
 
         seen["tasks"] = browser.show_tasks(page, "SUCCESS")
         succeeded = page.locator("#tasks-table tbody tr", has_text="SUCCESS").filter(has_text="batch of").first
         cells = succeeded.inner_text()
-        assert f"batch of {BATCH} messages" in cells and "'received': 160" in cells.replace('"', "'")
+        size = re.search(r"batch of (\d+) messages", cells)  # up to BATCH: a fetch may end a batch early
+        assert size and f"'received': {size[1]}" in cells.replace('"', "'"), cells
         assert re.search(r"\b\d+\.\d+\b", cells), f"no runtime in {cells!r}"
         assert page.locator("#tasks-table tbody tr", has_text="RETRY").count() >= 1
         task_id = succeeded.get_attribute("id")  # the task table's rows are keyed by task id
@@ -161,7 +163,7 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
         seen["tasks html"] = page.content()
 
         seen["task"] = browser.show_task(page, task_id)
-        assert f"batch of {BATCH} messages" in seen["task"] and "SUCCESS" in seen["task"]
+        assert f"batch of {size[1]} messages" in seen["task"] and "SUCCESS" in seen["task"]
         assert_no_controls(page)
         seen["task html"] = page.content()
 
@@ -173,21 +175,17 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
         }
         seen["broker html"] = page.content()
         assert_no_controls(page)
-    for queue in (*config_queue_names(),):
+    for queue in queue_names():
         assert queue in depths, f"{queue} not on the Broker page: {sorted(depths)}"
         messages, in_flight, visible = depths[queue][:3]
         assert messages.isdigit() and in_flight.isdigit() and visible.isdigit(), (queue, depths[queue])
         assert int(messages) == int(in_flight) + int(visible)
+    batches = config.CELERY_QUEUE_PREFIX + config.BATCH_QUEUE
+    assert int(depths[batches][0]) >= 1, depths[batches]  # the retries the worker holds, in flight
     assert "not supported" not in seen["broker"]
     for where, text in seen.items():
         assert not leaked(text, scene.raw_values), f"raw ip/device_id on {where}"
     assert time.monotonic() - started < 60
-
-
-def config_queue_names() -> list[str]:
-    from tasks.ops.status import queue_names
-
-    return queue_names()
 
 
 @pytest.mark.parametrize("command", ["scheduled", "reserved"])
@@ -204,7 +202,7 @@ def test_celery_inspect_shows_waiting_batches_as_summaries_only(scene: Scene, co
     output = result.stdout + result.stderr
     assert not leaked(output, scene.raw_values)
     if command == "scheduled":
-        assert f"batch of {BATCH} messages" in output
+        assert re.search(r"batch of \d+ messages", output), output
 
 
 def test_every_inspect_view_of_a_task_reports_summaries_only(scene: Scene) -> None:
@@ -218,7 +216,7 @@ def test_every_inspect_view_of_a_task_reports_summaries_only(scene: Scene) -> No
         "revoked": inspect.revoked(),
     }
     text = json.dumps(replies)
-    assert f"batch of {BATCH} messages" in text, text
+    assert re.search(r"batch of \d+ messages", text), text
     assert not leaked(text, scene.raw_values)
 
 
