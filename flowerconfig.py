@@ -1,24 +1,23 @@
 """Flower's settings (`celery -A tasks flower --conf=flowerconfig.py`), from celeryconfig.
 
-Basic auth comes from FLOWER_BASIC_AUTH ("user:password"); without it Flower listens
-on 127.0.0.1 only, as the embedded stack runs it. The pipeline's own counters join
-Flower's /metrics (tasks.metrics).
+Flower here is a read-only monitor: tasks.ops.flower checks the options Flower will
+really use (after the command line too), refuses to listen beyond the loopback without
+basic auth (FLOWER_BASIC_AUTH, "user:password"), keeps every control off unless
+FLOWER_ALLOW_CONTROL is set, gives the Broker page SQS's queue depths and puts /metrics
+behind the auth. The pipeline's own counters join Flower's /metrics (tasks.ops.metrics).
 """
 
-import os
-
 import celeryconfig as config
-from tasks.ops import metrics
+from tasks.ops import flower, metrics
 
 address = config.FLOWER_ADDRESS
 port = config.FLOWER_PORT
 if config.FLOWER_BASIC_AUTH:
     basic_auth = [config.FLOWER_BASIC_AUTH]
-elif address in ("127.0.0.1", "localhost"):
-    # Open on the loopback only (the embedded stack); Flower 2 closes its API without auth.
-    os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
-else:
-    raise SystemExit("Flower on a non-local address needs FLOWER_BASIC_AUTH")
-# Task arguments are shown as their argsrepr ("batch of 250 messages"), never records.
+read_only = not config.FLOWER_ALLOW_CONTROL
+# Task arguments are shown as their argsrepr ("batch of 250 messages"), never records;
+# a batch's result is its counts (received, inserted, duplicates, dead-lettered).
+tasks_columns = "name,uuid,state,args,result,received,runtime,retries,worker"
 max_tasks = 10000
+flower.install()
 metrics.register()

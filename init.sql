@@ -96,3 +96,17 @@ GRANT SELECT ON user_logins TO login_recovery;
 REVOKE INSERT ON unmask_audit FROM login_recovery;
 REVOKE USAGE ON SEQUENCE unmask_audit_id_seq FROM login_recovery;
 GRANT EXECUTE ON FUNCTION record_unmask(text, text[], text, text) TO login_recovery;
+
+-- ============================================================================
+-- Metrics role (Flower's /metrics, tasks/ops/metrics.py). A block of its own, kept
+-- at the end of this file: it reads the pipeline's ledger and nothing else, so the
+-- login user that METRICS_DATABASE_URL names needs only this role.
+-- ============================================================================
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'login_metrics') THEN
+        CREATE ROLE login_metrics NOLOGIN;
+    END IF;
+END
+$$;
+GRANT SELECT ON ingest_batches TO login_metrics;

@@ -41,6 +41,8 @@ class TransientFailure(Exception):
 class BatchTask(Task):
     """Shows a batch as its size wherever Celery shows arguments."""
 
+    Request = "tasks.broker.request:BatchRequest"  # the worker's reports: inspect, events, logs
+
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         if args:
             options.setdefault("argsrepr", f"batch of {len(args[0])} messages")

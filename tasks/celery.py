@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 from celery import Celery
 from celery.signals import after_setup_logger
 
@@ -17,3 +18,15 @@ app.config_from_object("celeryconfig")
 def hold_body_loggers_at_info(**_: Any) -> None:
     """Whatever --loglevel says, no logger that prints message bodies goes below INFO."""
     quiet_botocore()
+
+
+def serving_flower() -> bool:
+    """Whether the Celery command line is loading this app for `celery -A tasks flower`."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.invoked_subcommand == "flower"
+
+
+if serving_flower():  # Flower is read-only and checked however it is started (tasks/ops/flower.py)
+    from tasks.ops import flower
+
+    flower.install()

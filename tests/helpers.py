@@ -4,6 +4,7 @@ reading the queues and the ledger the way an operator would."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +110,16 @@ class Worker:
         if beat:
             command.append("--beat")
         self.process = spawn(command, self.log, env)
-        self.wait_for("ready.")
+        try:
+            self.wait_for("ready.")
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def node(self) -> str:
+        """The worker's node name, as Celery and Flower show it."""
+        return f"{self.name}@{socket.gethostname()}"
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -201,24 +212,59 @@ class Outage:
             sink.shutdown(socket.SHUT_WR)
 
 
-def flower_api(port: int, path: str) -> object:
+def flower_request(
+    port: int,
+    path: str,
+    method: str = "GET",
+    auth: tuple[str, str] | None = None,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """Flower's status and body for one request (an HTTP error is an answer too)."""
+    headers = dict(headers or {})
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def flower_api(port: int, path: str, auth: tuple[str, str] | None = None) -> object:
     """Flower's answer at `path` (JSON decoded, except the health check and metrics)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            body = response.read().decode()
+        status, body = flower_request(port, path, auth=auth)
     except OSError:
+        return None
+    if status != 200:
         return None
     return body if path in ("/healthcheck", "/metrics") else json.loads(body)
 
 
-def start_flower(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_flower(port: int, env: dict[str, str] | None = None, name: str = "flower") -> subprocess.Popen:
+    """`celery -A tasks flower --conf=flowerconfig.py` on `port`, once it answers; its log in STACK_DIR."""
     process = spawn(
         [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
-        config.STACK_DIR / f"flower-{port}.log",
+        config.STACK_DIR / f"{name}-{port}.log",
         {"FLOWER_PORT": str(port), **(env or {})},
     )
-    wait_until(lambda: flower_api(port, "/healthcheck") == "OK", timeout=30, what="Flower")
+    try:
+        wait_until(lambda: flower_api(port, "/healthcheck") == "OK", timeout=30, what="Flower")
+    except AssertionError:
+        stop_process(process)
+        raise
     return process
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a process started in its own session, then SIGKILL its whole group."""
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    kill_group(process)
 
 
 def python_m_tasks(

@@ -21,10 +21,12 @@ from tasks.broker import aws
 from tasks.broker.transport import Transport
 from tasks.celery import app
 from tasks.dev import seed
-from tests.helpers import ROOT, flower_api, free_port, start_flower, wait_until
+from tests.helpers import ROOT, flower_api, free_port, start_flower, stop_process, wait_until
 
 pytestmark = pytest.mark.usefixtures("test_stack")
 FLOWER_PORT = free_port()
+# Flower's API answers only under auth (tasks/ops/flower.py refuses FLOWER_UNAUTHENTICATED_API).
+AUTH = ("monitor", "test-only-password")
 
 
 def queue_names() -> set[str]:
@@ -96,14 +98,13 @@ def test_task_events_reach_a_listener_in_another_process(worker) -> None:
 
 @pytest.fixture
 def flower(worker):
-    process = start_flower(FLOWER_PORT)
+    process = start_flower(FLOWER_PORT, env={"FLOWER_BASIC_AUTH": ":".join(AUTH)})
     yield process
-    process.terminate()
-    process.wait(timeout=30)
+    stop_process(process)
 
 
 def api(path: str) -> object:
-    return flower_api(FLOWER_PORT, path)
+    return flower_api(FLOWER_PORT, path, auth=AUTH)
 
 
 def test_flower_shows_workers_tasks_and_pipeline_metrics(flower, worker) -> None:

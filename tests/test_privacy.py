@@ -25,10 +25,10 @@ from tests.helpers import (
     Worker,
     flower_api,
     free_port,
-    kill_group,
     python_m_tasks,
     settle,
     start_flower,
+    stop_process,
     wait_until,
 )
 
@@ -190,17 +190,17 @@ HOSTILE_BODIES = [
 def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     env = {"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"}
     worker = Worker("pii-scan", beat=True, env=env, args=["--loglevel=DEBUG"])
-    port = free_port()
-    flower = start_flower(port)
+    port, auth = free_port(), ("privacy", "test-only-password")  # Flower's API answers under auth only
+    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth)})
     try:
         bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)] + HOSTILE_BODIES
         raw = raw_values(bodies)
-        wait_until(lambda: flower_api(port, "/api/tasks"), timeout=60, what="Flower to see task events")
+        wait_until(lambda: flower_api(port, "/api/tasks", auth), timeout=60, what="Flower to see task events")
         seed.send(config.SOURCE_QUEUE, bodies)
         settle()
-        flower_tasks = json.dumps(flower_api(port, "/api/tasks"))
+        flower_tasks = json.dumps(flower_api(port, "/api/tasks", auth))
     finally:
-        kill_group(flower)
+        stop_process(flower)
         worker.stop()
     with db.cursor() as cur:
         cur.execute(

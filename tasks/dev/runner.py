@@ -173,7 +173,8 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, 
     with processes(commands) as running:
         if with_flower:
             auth = "basic auth" if config.FLOWER_BASIC_AUTH else "no auth: loopback only"
-            stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT} ({auth})")
+            mode = "controls on" if config.FLOWER_ALLOW_CONTROL else "read-only"
+            stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT} ({auth}, {mode})")
         try:
             if drain:
                 wait_until_drained(timeout)

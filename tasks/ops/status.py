@@ -11,6 +11,11 @@ from tasks.pipeline import store
 TASK_QUEUES = (config.FETCH_QUEUE, config.BATCH_QUEUE, f"{config.BATCH_QUEUE}-dlq")
 
 
+def queue_names() -> list[str]:
+    """Every queue the pipeline uses, by its SQS name (Flower's Broker page lists them)."""
+    return [config.SOURCE_QUEUE, config.DEAD_LETTER_QUEUE, *(config.CELERY_QUEUE_PREFIX + q for q in TASK_QUEUES)]
+
+
 def collect() -> dict[str, Any]:
     queues = {name: aws.queue_depth(name) for name in (config.SOURCE_QUEUE, config.DEAD_LETTER_QUEUE)}
     for name in TASK_QUEUES:
