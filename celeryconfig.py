@@ -103,8 +103,9 @@ DEAD_LETTER_KEEP_BODY = _bool(
 BATCH_SIZE = _int("BATCH_SIZE", 500, "messages per mask-and-insert task")
 BATCH_MAX_BYTES = _int(
     "BATCH_MAX_BYTES",
-    600_000,
-    "bytes of a batch's messages as kombu's JSON carries them; base64 adds a third, under SQS's 1 MiB",
+    560_000,
+    "bytes of a batch's messages as kombu's JSON carries them (kombu's two base64 layers make"
+    " 16/9 of it; never above 585,216, so a task message fits SQS's 1 MiB)",
 )
 FETCH_INTERVAL = _float("FETCH_INTERVAL", 2.0, "seconds between scheduled fetches")
 # 1.5 beat intervals: two fetches overlap and receiving never pauses, while pool slots
@@ -239,6 +240,9 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure = False
+# A batch killed at the hard time limit is not acknowledged either: its source messages
+# are already deleted, so its task message is the only copy (the redrive policy keeps it).
+task_acks_on_timeout = False
 worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1, "tasks a worker process reserves ahead")
 # Chosen by measurement (docs/performance.md): two overlapping fetches and batch tasks.
 worker_concurrency = _int("WORKER_CONCURRENCY", 4, "worker processes")

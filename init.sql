@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS unmask_audit (
     reason              text NOT NULL CHECK (length(trim(reason)) > 0)
 );
 ALTER TABLE unmask_audit ADD COLUMN IF NOT EXISTS filter text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'unmask_audit_field_check') THEN
+        ALTER TABLE unmask_audit ADD CONSTRAINT unmask_audit_field_check CHECK (field IN ('ip', 'device_id'));
+    END IF;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION record_unmask(p_field text, p_tokens text[], p_reason text, p_filter text)
 RETURNS integer
@@ -93,8 +100,8 @@ GRANT USAGE ON SEQUENCE ingest_batches_id_seq TO login_pipeline_writer;
 GRANT SELECT ON user_logins TO login_analyst;
 -- Recovery reads tokens and audits only through record_unmask().
 GRANT SELECT ON user_logins TO login_recovery;
-REVOKE INSERT ON unmask_audit FROM login_recovery;
-REVOKE USAGE ON SEQUENCE unmask_audit_id_seq FROM login_recovery;
+REVOKE ALL ON unmask_audit FROM login_recovery;  -- whatever an older init.sql granted
+REVOKE ALL ON SEQUENCE unmask_audit_id_seq FROM login_recovery;
 GRANT EXECUTE ON FUNCTION record_unmask(text, text[], text, text) TO login_recovery;
 
 -- ============================================================================

@@ -57,11 +57,17 @@ def mask_and_insert(self: Task, messages: list[list[Any]]) -> dict[str, Any]:
     try:
         return asdict(write_batch(pipe, batch, self.request.id))
     except Exception as exc:
-        if not is_transient(exc):
-            reason = f"permanent failure: {describe(exc)}"
-        elif self.request.retries >= self.max_retries:
-            reason = f"gave up after {self.request.retries} retries: {describe(exc)}"
-        else:
-            retry_in = backoff(self.request.retries, config.RETRY_BACKOFF_MAX)
-            raise self.retry(exc=TransientFailure(describe(exc)), countdown=retry_in) from None
-        return {**asdict(give_up(pipe, batch, reason, self.request.id)), "gave_up": reason}
+        reason = verdict(self, exc)
+    # Outside the except block, so that nothing raised from here carries the original
+    # exception, whose text could quote a value, as its context.
+    return {**asdict(give_up(pipe, batch, reason, self.request.id)), "gave_up": reason}
+
+
+def verdict(task: Task, exc: Exception) -> str:
+    """Why the batch is given up, or a retry (raised) for a transient failure."""
+    if not is_transient(exc):
+        return f"permanent failure: {describe(exc)}"
+    if task.request.retries >= task.max_retries:
+        return f"gave up after {task.request.retries} retries: {describe(exc)}"
+    retry_in = backoff(task.request.retries, config.RETRY_BACKOFF_MAX)
+    raise task.retry(exc=TransientFailure(describe(exc)), countdown=retry_in) from None

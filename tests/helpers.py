@@ -54,11 +54,14 @@ def spawn(command: list[str], log: Path | None = None, env: dict[str, str] | Non
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL a process and everything in its process group, and reap it."""
+    """SIGKILL a process and everything in its process group, reap it, and forget it, so
+    that its pid, once reused by someone else, is never signalled again."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
+    with contextlib.suppress(ValueError):
+        STARTED.remove(process)
 
 
 def kill_all() -> None:
@@ -291,14 +294,19 @@ def python_m_tasks(
 
 def send_with_ids(messages: dict[str, str]) -> None:
     """Send bodies under fixed message ids, as a redrive carries them (signed)."""
+    from tasks.pipeline.records import SourceMessage
     from tasks.pipeline.service import load_key_ring_checked
     from tasks.pipeline.source import redrive_attributes
 
-    keys = load_key_ring_checked()
+    keys, sent = load_key_ring_checked(), int(time.time() * 1000)
     sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
     for chunk in aws.chunks(list(messages.items())):
         entries = [
-            {"Id": str(i), "MessageBody": body, "MessageAttributes": redrive_attributes(mid, keys)}
+            {
+                "Id": str(i),
+                "MessageBody": body,
+                "MessageAttributes": redrive_attributes(SourceMessage(mid, sent, body), keys),
+            }
             for i, (mid, body) in enumerate(chunk)
         ]
         assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")

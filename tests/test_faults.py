@@ -192,7 +192,7 @@ def test_sqs_unreachable_for_20_seconds(db) -> None:
         first_rows(db, 250)
         outage.cut()
         outage_ends = time.monotonic() + 20
-        time.sleep(5)
+        worker.wait_for("SQS unreachable?", timeout=20)  # the transport saw its receive fail
         assert worker.stop(within=SHUTDOWN_BOUND) == 0  # SIGTERM while SQS is unreachable
         time.sleep(max(0.0, outage_ends - time.monotonic()))  # the outage lasts 20 s
         outage.restore()

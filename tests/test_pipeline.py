@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 
 import pytest
 
@@ -81,6 +82,10 @@ def test_redrive_replays_dead_letters_and_a_still_bad_record_comes_back_with_its
     assert redrive(keys).moved == 2
     totals = drained(db, 3)
     assert totals["rows"] == 1 and totals["dead_letters"] == 1
+    with db.cursor() as cur:  # replayed under its original id and date, not the redrive's
+        cur.execute("SELECT message_id, create_date FROM user_logins")
+        assert cur.fetchall() == [("given-up-1", date(2023, 11, 14))]
+    db.rollback()
     [letter] = dead_letters()
     assert letter["MessageAttributes"]["reason"]["StringValue"] == "body is not JSON"
 

@@ -281,15 +281,27 @@ def test_the_embedded_localstack_listens_on_the_loopback_only() -> None:
 def test_a_producer_cannot_choose_the_idempotency_key(db, worker) -> None:
     """An unsigned or badly signed source_message_id is ignored: the event is a row of its
     own under its SQS MessageId, and cannot suppress a genuine event's row."""
+    from tasks.pipeline.records import SourceMessage
+    from tasks.pipeline.service import load_key_ring_checked
+    from tasks.pipeline.source import redrive_attributes
+
     sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
-    for n, signature in enumerate([None, "1:" + "0" * 64]):
-        attributes = {"source_message_id": {"DataType": "String", "StringValue": "victim-1"}}
-        if signature:
-            attributes["source_message_signature"] = {"DataType": "String", "StringValue": signature}
+    genuine = SourceMessage("victim-2", 1_700_000_000_000, json.dumps({"user_id": "victim"}))
+    forgeries = [
+        {"source_message_id": {"DataType": "String", "StringValue": "victim-1"}},
+        {
+            "source_message_id": {"DataType": "String", "StringValue": "victim-1"},
+            "source_sent_timestamp": {"DataType": "Number", "StringValue": "1700000000000"},
+            "source_message_signature": {"DataType": "String", "StringValue": "1:" + "0" * 64},
+        },
+        redrive_attributes(genuine, load_key_ring_checked()),  # a real signature, seen in a DLQ, on another body
+    ]
+    for n, attributes in enumerate(forgeries):
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"user_id": f"forger-{n}"}), MessageAttributes=attributes)
     settle()
     with db.cursor() as cur:
-        cur.execute("SELECT message_id FROM user_logins WHERE user_id LIKE 'forger-%'")
-        ids = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT message_id, create_date FROM user_logins WHERE user_id LIKE 'forger-%'")
+        rows = cur.fetchall()
     db.rollback()
-    assert len(ids) == 2 and "victim-1" not in ids
+    assert len(rows) == 3 and not {"victim-1", "victim-2"} & {r[0] for r in rows}
+    assert all(r[1] != date(2023, 11, 14) for r in rows)  # nor the genuine event's date

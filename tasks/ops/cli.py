@@ -96,7 +96,7 @@ def _recovery_command(work: Callable[[Any, Any], list[str]]) -> int:
     conn = store.connect(config.database_url())
     try:
         print("\n".join(work(conn, masker)))
-    except (recovery.RecoveryRefused, recovery.TokenError) as exc:
+    except (recovery.RecoveryRefused, recovery.TokenError, MaskingKeyError) as exc:
         return _refusal(exc)
     finally:
         conn.close()

@@ -37,9 +37,14 @@ TASK_RETENTION = 1 * DAY
 TASK_DEAD_LETTER_RETENTION = 4 * DAY
 
 
+MAX_MESSAGE_BYTES = 1_048_576
+
+
 def _create_queue(name: str, attributes: dict[str, str]) -> str:
     sqs = aws.client("sqs")
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    # Stated, not assumed: queues made before 2025 (and some emulators) default to 256 KiB.
+    attributes = {"MaximumMessageSize": str(MAX_MESSAGE_BYTES), **attributes}
     sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)  # also for queues that existed
     return url
 

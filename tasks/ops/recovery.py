@@ -4,7 +4,9 @@
 filter options (user id, date range) with one fixed, parameterised query: no free
 SQL. Every value is audited before it is shown, through the database function
 record_unmask(), which sets the time and the database user itself; the recovery role
-has no other way to write the audit and cannot read, change or delete it. `rekey`
+has no other way to write the audit and cannot read, change or delete it. (Whoever holds
+the siv key can decrypt tokens without this command, and so without an audit: the key is
+the control; the audit records its use through here.) `rekey`
 re-tokenises user_logins in small batches, each its own short transaction, so it holds
 no long lock and can be stopped and run again; it needs ``siv`` (an HMAC token cannot
 be re-keyed without the raw value).
@@ -74,7 +76,7 @@ def unmask(
         raise RecoveryRefused("a reason is required for every recovery")
     values = [masker.unmask(field, token) for token in tokens]  # TokenError before any audit
     with conn, conn.cursor() as cur:
-        cur.execute("SELECT record_unmask(%s, %s, %s, %s)", (field, tokens, reason, where or "tokens given"))
+        cur.execute("SELECT public.record_unmask(%s, %s, %s, %s)", (field, tokens, reason, where or "tokens given"))
     return values
 
 

@@ -1,7 +1,7 @@
 """`redrive`: move dead letters back once their cause is fixed.
 
 Records (login-queue-dlq -> login-queue): each dead letter goes back with its original
-body and its original message id, signed, so a record that was in fact written is
+body, message id and SentTimestamp (so its create_date), signed, so a record that was in fact written is
 skipped as a duplicate, never written twice. Its entry in the dead_letters ledger is
 removed first, so a record that is still bad is dead-lettered again, with its reason,
 rather than taken for a duplicate. A message SQS itself moved there (received too often
@@ -23,9 +23,10 @@ from typing import Any
 import celeryconfig as config
 from tasks.broker import aws
 from tasks.pipeline import store
-from tasks.pipeline.deadletter import WITHHELD_BODY
+from tasks.pipeline.deadletter import TOO_LARGE_BODY, WITHHELD_BODY
 from tasks.pipeline.keys import KeyRing
-from tasks.pipeline.source import message_id, redrive_attributes
+from tasks.pipeline.records import SourceMessage
+from tasks.pipeline.source import identity, redrive_attributes
 
 MOVED_BY_SQS = "(no reason: moved by SQS after max receives)"
 
@@ -50,7 +51,11 @@ def _received(sqs: Any, url: str, limit: int | None, hide_for: int) -> Iterator[
     while limit is None or seen < limit:
         count = 10 if limit is None else min(10, limit - seen)
         messages = sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=count, MessageAttributeNames=["All"], VisibilityTimeout=hide_for
+            QueueUrl=url,
+            MaxNumberOfMessages=count,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["SentTimestamp"],
+            VisibilityTimeout=hide_for,
         ).get("Messages", [])
         if not messages:
             return
@@ -84,7 +89,7 @@ def redrive(keys: KeyRing, limit: int | None = None, dry_run: bool = False) -> R
     try:
         for messages in _received(sqs, dlq, limit, 60 if dry_run else 30):
             report.reasons.update(aws.message_attribute(m, "reason") or MOVED_BY_SQS for m in messages)
-            replayable = [m for m in messages if m["Body"] != WITHHELD_BODY]
+            replayable = [m for m in messages if m["Body"] not in (WITHHELD_BODY, TOO_LARGE_BODY)]
             report.kept += len(messages) - len(replayable)
             if dry_run:
                 looked_at += messages
@@ -97,12 +102,12 @@ def redrive(keys: KeyRing, limit: int | None = None, dry_run: bool = False) -> R
 
 
 def _move(sqs: Any, conn: store.Connection, keys: KeyRing, source: str, dlq: str, messages: list[dict]) -> int:
-    ids = [message_id(m, keys) for m in messages]
+    originals = [SourceMessage(*identity(m, keys), m["Body"]) for m in messages]
     with conn, conn.cursor() as cur:
-        cur.execute("DELETE FROM dead_letters WHERE message_id = ANY(%s)", (ids,))
+        cur.execute("DELETE FROM dead_letters WHERE message_id = ANY(%s)", ([o.message_id for o in originals],))
     entries = [
-        {"Id": str(i), "MessageBody": m["Body"], "MessageAttributes": redrive_attributes(mid, keys)}
-        for i, (m, mid) in enumerate(zip(messages, ids, strict=True))
+        {"Id": str(i), "MessageBody": o.body, "MessageAttributes": redrive_attributes(o, keys)}
+        for i, o in enumerate(originals)
     ]
     return _delete_sent(sqs, dlq, messages, sqs.send_message_batch(QueueUrl=source, Entries=entries))
 

@@ -1,11 +1,13 @@
 """Cutting the source stream into batches: how many messages, and how many bytes.
 
 A batch travels to `mask_and_insert` as one Celery task message on SQS, whose limit is
-1 MiB *after* kombu has JSON-encoded the arguments (non-ASCII escaped as ``\\uXXXX``,
-up to six bytes a character) and base64-encoded the body (4/3). A batch is therefore
-capped by the size of its messages as JSON (``wire_size``), not by their characters:
-BATCH_MAX_BYTES of JSON is at most 4/3 of that on the wire. A single message too large
-for any batch is set apart, to become a dead letter with the reason ``too large``.
+1 MiB *after* kombu's encoding: the arguments as JSON (non-ASCII escaped as ``\\uXXXX``,
+up to six bytes a character), that body in base64 inside kombu's JSON envelope, and the
+envelope in base64 again (the SQS transport's ``sqs_base64_encoding``): 16/9 of the
+arguments' JSON, plus the envelope's headers. A batch is therefore capped by the size of
+its messages as JSON (``wire_size``), never above ``MAX_BATCH_BYTES`` whatever
+BATCH_MAX_BYTES says. A single message too large for any batch is set apart, to become
+a dead letter with the reason ``too large``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from dataclasses import dataclass, field
 from time import monotonic
 
 from tasks.pipeline.source import Received, SourceQueue
+
+SQS_MAX_MESSAGE_BYTES = 1_048_576
+ENVELOPE_ALLOWANCE = 8_192  # kombu's headers and properties (argsrepr, ids, routing), generously
+# The most JSON a batch may hold so that its task message fits SQS: 585,216 bytes.
+MAX_BATCH_BYTES = (SQS_MAX_MESSAGE_BYTES - ENVELOPE_ALLOWANCE) * 9 // 16
 
 
 def wire_size(received: Received) -> int:
@@ -34,6 +41,7 @@ class Batch:
 def cut_batch(pending: list[Received], size: int, max_bytes: int) -> tuple[Batch, list[Received]]:
     """The first messages that fit a batch, and the rest. A message larger than
     `max_bytes` on its own is set apart as too large, never handed to a task."""
+    max_bytes = min(max_bytes, MAX_BATCH_BYTES)
     batch, total, taken = Batch(), 0, 0
     for received in pending:
         if len(batch.messages) == size:

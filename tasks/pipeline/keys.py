@@ -64,7 +64,7 @@ class KeyRing:
     def verify(self, text: str, signature: str, purpose: str) -> bool:
         """Whether `signature` is `sign(text, purpose)` under any loaded key version."""
         version, _, mac = signature.partition(":")
-        if not version.isdigit() or int(version) not in self.keys:
+        if not (version.isascii() and version.isdigit()) or int(version) not in self.keys:
             return False
         expected = hmac.new(self.derive(int(version), purpose), text.encode(), hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, mac)

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from tasks.pipeline.keys import KeyRing
 
 MODES = {"hmac": "h", "siv": "s"}
+# The longest normalised value a token is made of: padded, it still fits varchar(256).
+MAX_VALUE_BYTES = 127
 FIELDS = ("ip", "device_id")
 SIV_BLOCK = 64
 _DOTTED_QUAD = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
@@ -38,6 +40,10 @@ _DOTTED_QUAD = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3
 
 class TokenError(ValueError):
     """A token that this key ring cannot read."""
+
+
+class ValueTooLong(ValueError):
+    """A value longer than MAX_VALUE_BYTES once normalised (NFKC can expand text)."""
 
 
 def normalise_ip(value: str) -> tuple[str, bool]:
@@ -123,6 +129,8 @@ class Masker:
         """The token of an already normalised value."""
         version = self.keys.current_version if version is None else version
         data = value.encode()
+        if len(data) > MAX_VALUE_BYTES:
+            raise ValueTooLong(f"{field} is longer than {MAX_VALUE_BYTES} bytes once normalised")
         if self.mode == "hmac":
             mac = self._hmacs[(version, field)].copy()
             mac.update(data)
@@ -157,7 +165,10 @@ def parse_token(token: str, mode_letter: str | None = None) -> tuple[int, bytes]
         raise TokenError("not a masking token")
     if mode_letter and head[0] != mode_letter:
         raise TokenError("token was not made in siv mode and cannot be recovered")
-    return int(head[1:]), _unb64(body)
+    try:
+        return int(head[1:]), _unb64(body)
+    except ValueError:  # binascii.Error: not base64url
+        raise TokenError("not a masking token") from None
 
 
 def token_version(token: str) -> int:

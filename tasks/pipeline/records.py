@@ -93,9 +93,10 @@ def _text(record: dict[str, Any], field: str, limit: int, unit: str = "character
     if "\x00" in value:
         raise Invalid(f"{field} contains a NUL byte")
     try:
-        size = len(value.encode("utf-8")) if unit == "bytes" else len(value)
-    except UnicodeEncodeError:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8, so no COPY either
         raise Invalid(f"{field} is not valid Unicode text") from None
+    size = len(encoded) if unit == "bytes" else len(value)
     if size > limit:
         raise Invalid(f"{field} is longer than {limit} {unit}")
     return value

@@ -21,7 +21,7 @@ import celeryconfig as config
 from tasks.pipeline import store
 from tasks.pipeline.deadletter import DeadLetterQueue
 from tasks.pipeline.keys import KeyRing, load_key_ring, refuse_development_key
-from tasks.pipeline.masking import Masker
+from tasks.pipeline.masking import Masker, ValueTooLong
 from tasks.pipeline.records import DeadLetter, Invalid, SourceMessage, parse_event
 from tasks.pipeline.retry import describe
 from tasks.pipeline.source import Received, SourceQueue
@@ -101,7 +101,7 @@ def mask_record(message: SourceMessage, masker: Masker) -> Prepared:
         event.app_version,
         event.create_date,
     )
-    row.copy_line()  # encoding for COPY fails here, for this record alone
+    row.copy_line().encode("utf-8")  # encoding for COPY fails here, for this record alone
     return Prepared(row, is_address)
 
 
@@ -112,7 +112,7 @@ def prepare(messages: list[SourceMessage], masker: Masker) -> tuple[list[Prepare
     for message in messages:
         try:
             ready.append(mask_record(message, masker))
-        except Invalid as exc:
+        except (Invalid, ValueTooLong) as exc:  # their reasons name a field, never a value
             letters.append(DeadLetter(message, str(exc)))
         except Exception as exc:  # a record no rule foresaw: it alone is set apart
             letters.append(DeadLetter(message, f"record could not be masked: {describe(exc)}"))
@@ -176,6 +176,9 @@ def give_up(pipe: Pipeline, messages: list[SourceMessage], reason: str, task_id:
         pipe.reset()
         log.error("ledger not updated for a batch given up (%s); its letters go to the queue", describe(exc))
         dead_letter_queue().send(letters)
+    except BaseException:
+        pipe.reset()  # never leave the ledger's inserts open for the next batch to commit
+        raise
     return counts
 
 

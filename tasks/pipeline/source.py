@@ -2,14 +2,17 @@
 
 A message is received with a visibility timeout of our own (SOURCE_VISIBILITY_TIMEOUT),
 so it stays hidden while its batch is handed off, and it is deleted only after that.
-Its idempotency key is the SQS MessageId. A replayed dead letter keeps its original id
-in the ``source_message_id`` attribute, trusted only with the ``source_message_signature``
-that `redrive` sets (an HMAC of the id under a key derived from the masking key ring):
-a producer cannot choose an id and so suppress a genuine event's row.
+Its idempotency key is the SQS MessageId, and its date SQS's SentTimestamp. A replayed
+dead letter keeps its original id and SentTimestamp in the ``source_message_id`` and
+``source_sent_timestamp`` attributes, trusted only with the ``source_message_signature``
+that the pipeline sets: an HMAC of the id, the time and the body's SHA-256, under a key
+derived from the masking key ring. A producer can neither choose an id (and so suppress
+a genuine event's row) nor move a genuine signature onto a body of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,35 +24,45 @@ from tasks.pipeline.records import SourceMessage
 
 log = logging.getLogger(__name__)
 ORIGINAL_ID = "source_message_id"
-ORIGINAL_ID_SIGNATURE = "source_message_signature"
-SIGNING_PURPOSE = "redrive/message-id"
+ORIGINAL_SENT = "source_sent_timestamp"
+ORIGINAL_SIGNATURE = "source_message_signature"
+ORIGINAL_ATTRIBUTES = [ORIGINAL_ID, ORIGINAL_SENT, ORIGINAL_SIGNATURE]
+SIGNING_PURPOSE = "redrive/original"
 
 
-def redrive_attributes(message_id: str, keys: KeyRing) -> dict[str, dict[str, str]]:
-    """The attributes that carry a replayed message's original id, signed."""
+def _signed_text(message_id: str, sent_at_ms: int, body: str) -> str:
+    return f"{message_id}|{sent_at_ms}|{hashlib.sha256(body.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def redrive_attributes(message: SourceMessage, keys: KeyRing) -> dict[str, dict[str, str]]:
+    """The attributes that carry a message's original id and time, signed with its body."""
+    signature = keys.sign(_signed_text(message.message_id, message.sent_at_ms, message.body), SIGNING_PURPOSE)
     return {
-        ORIGINAL_ID: {"DataType": "String", "StringValue": message_id},
-        ORIGINAL_ID_SIGNATURE: {"DataType": "String", "StringValue": keys.sign(message_id, SIGNING_PURPOSE)},
+        ORIGINAL_ID: {"DataType": "String", "StringValue": message.message_id},
+        ORIGINAL_SENT: {"DataType": "Number", "StringValue": str(message.sent_at_ms)},
+        ORIGINAL_SIGNATURE: {"DataType": "String", "StringValue": signature},
     }
 
 
-def message_id(raw: dict, keys: KeyRing) -> str:
-    """The idempotency key of a received message: its signed original id, else its MessageId."""
-    original = aws.message_attribute(raw, ORIGINAL_ID)
-    signature = aws.message_attribute(raw, ORIGINAL_ID_SIGNATURE)
-    if original and signature and keys.verify(original, signature, SIGNING_PURPOSE):
-        return original
-    return raw["MessageId"]
+def identity(raw: dict, keys: KeyRing) -> tuple[str, int]:
+    """A received message's idempotency key and send time: the signed originals where
+    their signature holds for this body, else its own MessageId and SentTimestamp."""
+    own = (raw["MessageId"], int(raw.get("Attributes", {}).get("SentTimestamp", 0)))
+    original, sent, signature = (aws.message_attribute(raw, name) for name in ORIGINAL_ATTRIBUTES)
+    if not signature:
+        return own
+    if original and sent and sent.isascii() and sent.isdigit():
+        claimed = (original, int(sent))
+        if keys.verify(_signed_text(*claimed, raw["Body"]), signature, SIGNING_PURPOSE):
+            return claimed
+    log.warning("a message carried an original id whose signature does not hold; it keeps its own id")
+    return own
 
 
 @dataclass(frozen=True)
 class Received:
     message: SourceMessage
     receipt_handle: str
-
-    @property
-    def size(self) -> int:
-        return len(self.message.body)
 
 
 @cache
@@ -58,12 +71,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _received(raw: dict, keys: KeyRing) -> Received:
-    message = SourceMessage(
-        message_id=message_id(raw, keys),
-        sent_at_ms=int(raw["Attributes"]["SentTimestamp"]),
-        body=raw["Body"],
-    )
-    return Received(message, raw["ReceiptHandle"])
+    message_id, sent_at_ms = identity(raw, keys)
+    return Received(SourceMessage(message_id, sent_at_ms, raw["Body"]), raw["ReceiptHandle"])
 
 
 class SourceQueue:
@@ -81,7 +90,7 @@ class SourceQueue:
             WaitTimeSeconds=wait,
             VisibilityTimeout=self.visibility_timeout,
             MessageSystemAttributeNames=["SentTimestamp"],
-            MessageAttributeNames=[ORIGINAL_ID, ORIGINAL_ID_SIGNATURE],
+            MessageAttributeNames=ORIGINAL_ATTRIBUTES,
         )
         return [_received(raw, self.keys) for raw in response.get("Messages", [])]
 

@@ -123,10 +123,17 @@ def insert_rows(cur: Cursor, rows: Sequence[MaskedRow]) -> int:
     return cur.rowcount
 
 
+def _error_name(pgcode: str) -> str:
+    try:
+        return errorcodes.lookup(pgcode).lower()
+    except KeyError:  # a code newer than psycopg2's table
+        return f"SQLSTATE {pgcode}"
+
+
 def database_reason(exc: psycopg2.Error) -> str:
     """What the server refused, by its error code and the column or constraint it names;
     never its message, which can quote the value ('invalid input syntax ...: "x"')."""
-    what = errorcodes.lookup(exc.pgcode).lower() if exc.pgcode else type(exc).__name__
+    what = _error_name(exc.pgcode) if exc.pgcode else type(exc).__name__
     diag = exc.diag
     where = diag.column_name or diag.constraint_name
     return f"database refused the record: {what}" + (f" ({where})" if where else "")

@@ -67,3 +67,22 @@ def test_receive_batches_stops_receiving_after_the_deadline_and_hands_out_what_i
 def test_an_empty_source_gives_no_batch() -> None:
     assert list(receive_batches(FakeSource([]), 10, 10**6, time.monotonic() + 60)) == []  # type: ignore[arg-type]
     assert Batch().messages == [] and Batch().too_large == []
+
+
+def test_a_full_batch_fits_sqs_after_kombus_two_base64_layers() -> None:
+    """The task message as kombu's SQS transport sends it: JSON args, base64 body inside a
+    JSON envelope, the envelope in base64 again."""
+    import base64
+
+    from kombu.utils.json import dumps
+
+    from tasks.pipeline.batching import MAX_BATCH_BYTES, SQS_MAX_MESSAGE_BYTES
+
+    body = json.dumps({"user_id": "\u00e9" * 1000})
+    pending = [received(n, body) for n in range(500)]
+    batch, _ = cut_batch(pending, size=500, max_bytes=10**9)  # whatever the setting says
+    args = dumps([[[r.message.as_args() for r in batch.messages]], {}, {"callbacks": None}])
+    headers = {"argsrepr": f"batch of {len(batch.messages)} messages", "id": "x" * 36, "task": "tasks.mask_and_insert"}
+    envelope = dumps({"body": base64.b64encode(args.encode()).decode(), "headers": headers, "properties": {}})
+    assert sum(wire_size(r) for r in batch.messages) <= MAX_BATCH_BYTES
+    assert len(base64.b64encode(envelope.encode())) < SQS_MAX_MESSAGE_BYTES

@@ -51,3 +51,12 @@ def test_describe_names_the_failure_never_its_text() -> None:
     assert describe(client_error("AccessDenied", 403)) == "ClientError AccessDenied"
     pg = psycopg2.errors.InvalidTextRepresentation('invalid input syntax for type integer: "198.51.100.7"')
     assert "198" not in describe(pg)
+
+
+def test_a_database_reason_names_an_unknown_code_without_failing() -> None:
+    from tasks.pipeline.store import database_reason
+
+    class Unknown(psycopg2.DataError):
+        pgcode = "ZZ999"
+
+    assert database_reason(Unknown('value "198.51.100.7" refused')) == "database refused the record: SQLSTATE ZZ999"
