@@ -155,7 +155,7 @@ def test_sigterm_at_random_moments_of_a_batch_stream_always_ends_the_worker(db) 
     print(f"warm shutdowns: {len(exits)}, slowest {max(exits):.1f} s, bound {SHUTDOWN_BOUND} s")
 
 
-def test_postgres_stopped_for_30_seconds(db, database_url) -> None:
+def test_postgres_stopped_for_15_seconds(db, database_url) -> None:
     """Batches wait and retry through the outage; a worker told to stop in the middle of
     it stops within the bound, and its successor finishes the work."""
     messages, valid = events(3000, 3)
@@ -167,14 +167,14 @@ def test_postgres_stopped_for_30_seconds(db, database_url) -> None:
         db.close()
         pgdata = config.STACK_DIR / "pgdata"
         pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
-        outage_ends = time.monotonic() + 30
-        worker.wait_for("Retry in", timeout=30)
+        outage_ends = time.monotonic() + 15
+        worker.wait_for("Retry in", timeout=15)
         assert worker.stop(within=SHUTDOWN_BOUND) == 0
         successor = Worker("pg-outage-successor", beat=True)
-        time.sleep(max(0.0, outage_ends - time.monotonic()))  # the outage lasts 30 s
+        time.sleep(max(0.0, outage_ends - time.monotonic()))  # the outage lasts 15 s
         pgserver.get_server(pgdata, cleanup_mode=None)
         db = store.connect(database_url)
-        account("PostgreSQL stopped for 30 s (SIGTERM during it)", messages, valid, db)
+        account("PostgreSQL stopped for 15 s (SIGTERM during it)", messages, valid, db)
     finally:
         worker.stop()
         if successor:
@@ -182,7 +182,7 @@ def test_postgres_stopped_for_30_seconds(db, database_url) -> None:
         db.close()
 
 
-def test_sqs_unreachable_for_20_seconds(db) -> None:
+def test_sqs_unreachable_for_10_seconds(db) -> None:
     messages, valid = events(3000, 4)
     proxy_port = free_port()
     outage = Outage(proxy_port, config.LOCALSTACK_PORT)
@@ -191,13 +191,13 @@ def test_sqs_unreachable_for_20_seconds(db) -> None:
         send_with_ids(messages)
         first_rows(db, 250)
         outage.cut()
-        outage_ends = time.monotonic() + 20
-        worker.wait_for("SQS unreachable?", timeout=20)  # the transport saw its receive fail
+        outage_ends = time.monotonic() + 10
+        worker.wait_for("SQS unreachable?", timeout=10)  # the transport saw its receive fail
         assert worker.stop(within=SHUTDOWN_BOUND) == 0  # SIGTERM while SQS is unreachable
-        time.sleep(max(0.0, outage_ends - time.monotonic()))  # the outage lasts 20 s
+        time.sleep(max(0.0, outage_ends - time.monotonic()))  # the outage lasts 10 s
         outage.restore()
         worker = Worker("sqs-outage-successor", beat=True, env={"SQS_ENDPOINT_URL": f"http://localhost:{proxy_port}"})
-        account("SQS endpoint unreachable for 20 s (SIGTERM during it)", messages, valid, db)
+        account("SQS endpoint unreachable for 10 s (SIGTERM during it)", messages, valid, db)
     finally:
         worker.stop()
         outage.cut()
@@ -222,13 +222,13 @@ def test_the_same_messages_delivered_twice(db, worker) -> None:
     assert store.totals(db)["duplicates"] == 1000
 
 
-def test_ten_thousand_events_with_repeated_logins(db, worker) -> None:
-    messages, valid = events(10_000, 7)
+def test_five_thousand_events_with_repeated_logins(db, worker) -> None:
+    messages, valid = events(5_000, 7)
     send_with_ids(messages)
-    account("10,000 events, 20% repeat logins", messages, valid, db)
+    account("5,000 events, 20% repeat logins", messages, valid, db)
     with db.cursor() as cur:
         cur.execute("SELECT count(*) - count(DISTINCT (user_id, masked_ip, masked_device_id)) FROM user_logins")
-        assert cur.fetchone()[0] > 1000  # genuine repeats are rows of their own
+        assert cur.fetchone()[0] > 500  # genuine repeats are rows of their own
     db.rollback()
 
 

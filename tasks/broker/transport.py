@@ -36,16 +36,20 @@ Every SQS call the broker makes has bounded timeouts and retries (the transport 
 
 Clean-up: SQS has no auto-delete queues. The per-process queues that kombu declares
 ``auto_delete`` (event receivers, pidbox and reply queues) are deleted, with their SNS
-subscriptions, when the channel closes; a reply queue as soon as its replies arrived
-(Celery names a new one for every call, so keeping them would leak one queue per call);
-channels still open when the process exits are closed then. A process killed outright
+subscriptions, when the channel closes. Answered reply queues are kept for reuse, since
+kombu names them after ``id()`` of a per-call object and so reuses names, and SQS refuses
+to re-create a deleted name for 60 s; beyond the IDLE_REPLY_QUEUES most recent, a queue
+idle for REPLY_QUEUE_IDLE_SECONDS is deleted, so a long-lived client such as Flower keeps
+a bounded number of reply queues, not one per call. Channels still open when the
+process exits are closed then. A process killed outright
 leaves its queues to `python -m tasks stack sweep`.
 
 kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
 against the installed kombu): ``Channel._lookup``, ``Channel._delete_message``,
 ``Channel._on_messages_ready``, ``Channel._release_messages``, ``Channel._loop1``,
 ``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
-``Channel.after_reply_message_received``, ``Channel.state.queue_bindings`` and
+``Channel.after_reply_message_received``, ``Channel._queue_cache`` (the transport's map
+of queue names to URLs), ``Channel.state.queue_bindings`` and
 ``queue_bindings_delete``, ``Transport.register_with_event_loop``. Options read:
 ``fanout_exchanges`` (default ``["celeryev"]``), ``supports_fanout``, ``client-config``.
 """
@@ -55,6 +59,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -62,6 +67,8 @@ from kombu.transport import SQS
 
 log = logging.getLogger(__name__)
 REPLY_EXCHANGE_SUFFIX = ".pidbox"
+IDLE_REPLY_QUEUES = 4  # answered reply queues kept for reuse
+REPLY_QUEUE_IDLE_SECONDS = 120.0
 _open_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 # The thread each event loop (kombu Hub) runs on, as registered by Celery's consumer.
 _hub_threads: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -85,6 +92,7 @@ class Channel(SQS.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._own_queues: set[str] = set()
+        self._answered: dict[str, float] = {}  # reply queue -> when its replies arrived
         super().__init__(*args, **kwargs)
         _open_channels.add(self)
 
@@ -142,16 +150,34 @@ class Channel(SQS.Channel):
             super()._schedule_queue(queue)
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        if queue is not None:
+            self._answered.pop(queue, None)  # in use again
         declared = super().queue_declare(queue, passive, **kwargs)
         if kwargs.get("auto_delete"):
             self._own_queues.add(declared.queue)
         return declared
 
     def after_reply_message_received(self, queue: str) -> None:
-        """Delete the reply queue once its replies arrived: Celery names a new one for
-        every call, so a queue kept would never be used again."""
-        self._own_queues.discard(queue)
-        self._delete_own_queue(queue)
+        """Keep an answered reply queue for reuse, and prune the idle ones.
+
+        kombu names a reply queue after ``id()`` of a per-call mailbox copy, so a process
+        sees a few names again and again, and now and then a new one. A name in use again
+        must still exist (SQS refuses to re-create a name for 60 s after deleting it), so
+        answered queues are kept, and only the least recently used beyond
+        ``IDLE_REPLY_QUEUES``, idle for ``REPLY_QUEUE_IDLE_SECONDS``, are deleted.
+        """
+        self._answered[queue] = time.monotonic()
+        self._prune_answered(time.monotonic())
+
+    def _prune_answered(self, now: float) -> None:
+        oldest_first = sorted(self._answered, key=self._answered.__getitem__)
+        for queue in oldest_first[: max(0, len(oldest_first) - IDLE_REPLY_QUEUES)]:
+            if now - self._answered[queue] < REPLY_QUEUE_IDLE_SECONDS:
+                return
+            del self._answered[queue]
+            self._own_queues.discard(queue)
+            self._delete_own_queue(queue)
+            self._queue_cache.pop(queue, None)  # a later declare must not find a dead URL
 
     def close(self) -> None:
         _open_channels.discard(self)

@@ -16,8 +16,8 @@ def test_each_delay_lies_between_half_its_step_and_its_step(retries: int) -> Non
     assert step(retries) / 2 <= backoff(retries, config.RETRY_BACKOFF_MAX) <= step(retries)
 
 
-def test_the_retries_of_a_batch_outlast_the_fault_suites_30_second_outage() -> None:
+def test_the_retries_of_a_batch_outlast_the_fault_suites_15_second_outage() -> None:
     # The test stack's settings (conftest): 12 retries, steps capped at 8 s.
     guaranteed = sum(step(n) / 2 for n in range(config.BATCH_MAX_RETRIES))
     assert (config.BATCH_MAX_RETRIES, config.RETRY_BACKOFF_MAX) == (12, 8)
-    assert guaranteed >= 40 > 30
+    assert guaranteed >= 40 > 15

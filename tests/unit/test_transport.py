@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -81,9 +82,18 @@ def test_a_closed_channel_schedules_nothing_and_releases_what_it_still_received(
     assert channel._on_messages_ready("url", "q", ["a failed receive"]) == 0
 
 
-def test_a_reply_queue_is_deleted_once_its_replies_arrived() -> None:
+def test_answered_reply_queues_are_kept_for_reuse_and_only_the_idle_surplus_deleted() -> None:
     deleted: list[str] = []
-    channel = bare_channel(_delete_own_queue=deleted.append)
-    channel._own_queues.add("abc.reply.celery.pidbox")
-    channel.after_reply_message_received("abc.reply.celery.pidbox")
-    assert deleted == ["abc.reply.celery.pidbox"] and not channel._own_queues
+    cache = {f"q{n}.reply.celery.pidbox": f"url-{n}" for n in range(7)}
+    channel = bare_channel(
+        _delete_own_queue=deleted.append, _answered={}, connection=SimpleNamespace(_queue_cache=cache)
+    )
+    for n in range(7):
+        channel._answered[f"q{n}.reply.celery.pidbox"] = 1000.0 + n  # answered long ago, in order
+    channel._prune_answered(now=1000.0 + 60)  # not idle long enough: all kept
+    assert deleted == []
+    channel._prune_answered(now=1000.0 + 600)
+    assert deleted == ["q0.reply.celery.pidbox", "q1.reply.celery.pidbox", "q2.reply.celery.pidbox"]
+    assert (
+        len(channel._answered) == transport.IDLE_REPLY_QUEUES and "q0.reply.celery.pidbox" not in channel._queue_cache
+    )
