@@ -52,9 +52,8 @@ os.environ.update(
 )
 
 import celeryconfig as config  # noqa: E402
-from tasks.broker import aws  # noqa: E402
 from tasks.pipeline import store  # noqa: E402
-from tests.helpers import Worker, kill_all, processes_of, python_m_tasks  # noqa: E402
+from tests.helpers import Worker, kill_all, processes_of, python_m_tasks, reset_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,17 +95,6 @@ def database_url(test_stack: None) -> str:
 def db(database_url: str) -> Iterator[store.Connection]:
     conn = store.connect_writer(database_url)
     yield conn
-    conn.close()
-
-
-def reset_pipeline() -> None:
-    """Empty every queue of the test stack and the pipeline's tables."""
-    sqs = aws.client("sqs")
-    for url in sqs.list_queues().get("QueueUrls", []):
-        sqs.purge_queue(QueueUrl=url)
-    conn = store.connect(config.database_url())
-    with conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE user_logins, dead_letters, ingest_batches")
     conn.close()
 
 

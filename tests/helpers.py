@@ -343,3 +343,14 @@ def drained(db: store.Connection, expected: int, timeout: float = 120) -> dict[s
 def settle(timeout: float = 240) -> None:
     """Until login-queue and the batch queue stayed empty three polls in a row."""
     runner.wait_until_drained(timeout, poll=1, settle=3)
+
+
+def reset_pipeline() -> None:
+    """Empty every queue of the test stack and the pipeline's tables."""
+    sqs = aws.client("sqs")
+    for url in sqs.list_queues().get("QueueUrls", []):
+        sqs.purge_queue(QueueUrl=url)
+    conn = store.connect(config.database_url())
+    with conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE user_logins, dead_letters, ingest_batches")
+    conn.close()

@@ -24,8 +24,16 @@ import celeryconfig as config
 from tasks.celery import app
 from tasks.dev import browser, seed
 from tasks.ops.status import queue_names
-from tests.conftest import reset_pipeline
-from tests.helpers import ROOT, Worker, flower_request, free_port, start_flower, stop_process, wait_until
+from tests.helpers import (
+    ROOT,
+    Worker,
+    flower_request,
+    free_port,
+    reset_pipeline,
+    start_flower,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("test_stack")
 BATCH = 160

@@ -125,13 +125,6 @@ def pipeline_run(bodies: list[str], figures: Figures) -> None:
             done = store.totals(conn)["received"] - before
             bar.update(done - bar.n)
             figures.series.append((round(time.monotonic() - started, 2), done))
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT extract(epoch FROM max(finished_at) - min(finished_at)) FROM ingest_batches"
-                " WHERE id > (SELECT coalesce(max(id), 0) - %s FROM ingest_batches)",
-                (len(bodies) // max(1, config.BATCH_SIZE) * 3,),
-            )
-        conn.rollback()
         elapsed = time.monotonic() - started
         figures.peak_rss_mb = peak_rss(psutil.Process(running["worker"].pid))
     conn.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from functools import cache
 
 import psycopg2
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
@@ -81,11 +82,7 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily(*SLOWEST_BATCH, value=ledger["slowest_seconds"])
 
 
-_registered = False
-
-
+@cache
 def register() -> None:
-    global _registered
-    if not _registered:
-        REGISTRY.register(PipelineCollector())
-        _registered = True
+    """Add the pipeline's collector to Prometheus's registry, once per process."""
+    REGISTRY.register(PipelineCollector())
