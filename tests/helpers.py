@@ -354,3 +354,16 @@ def reset_pipeline() -> None:
     with conn, conn.cursor() as cur:
         cur.execute("TRUNCATE user_logins, dead_letters, ingest_batches")
     conn.close()
+
+
+def raw_values(bodies: list[str]) -> set[str]:
+    """Every ip and device_id in the bodies that parse as JSON objects: none may show anywhere."""
+    found = set()
+    for body in bodies:
+        try:
+            record = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            found |= {str(v) for k in ("ip", "device_id") if isinstance(v := record.get(k), str | int) and v}
+    return found

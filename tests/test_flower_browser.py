@@ -29,6 +29,7 @@ from tests.helpers import (
     Worker,
     flower_request,
     free_port,
+    raw_values,
     reset_pipeline,
     start_flower,
     stop_process,
@@ -65,19 +66,6 @@ class Scene:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.flower_port}"
-
-
-def raw_values(bodies: list[str]) -> list[str]:
-    """The ip and device_id values of the seeded events: none may show anywhere."""
-    values = set()
-    for body in bodies:
-        try:
-            event = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            values |= {str(event[k]) for k in ("ip", "device_id") if isinstance(event.get(k), str) and event[k]}
-    return sorted(values)
 
 
 def leaked(text: str, values: list[str]) -> list[str]:
@@ -125,7 +113,7 @@ def scene() -> Iterator[Scene]:
         started.append(retrying)
         bodies += seed_events(2 * BATCH, seed_number=12)
         wait_until(lambda: scheduled_batches(retrying), timeout=60, what="batches waiting to retry")
-        yield Scene(port, healthy, retrying, raw_values(bodies))
+        yield Scene(port, healthy, retrying, sorted(raw_values(bodies)))
     finally:
         for process in reversed(started):
             if isinstance(process, Worker):

@@ -26,6 +26,7 @@ from tests.helpers import (
     flower_api,
     free_port,
     python_m_tasks,
+    raw_values,
     settle,
     start_flower,
     stop_process,
@@ -163,19 +164,6 @@ def test_rekey_moves_every_row_to_the_newest_key(db) -> None:
     db.rollback()
     assert all(ip.startswith("s2:") and dev.startswith("s2:") for ip, dev in tokens)
     assert sorted(new.unmask("ip", ip) for ip, _ in tokens) == sorted(f"10.0.0.{i}" for i in range(25))
-
-
-def raw_values(bodies: list[str]) -> set[str]:
-    """Every ip and device_id string in the bodies that parse as JSON objects."""
-    found = set()
-    for body in bodies:
-        try:
-            record = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            found |= {str(v) for k in ("ip", "device_id") if isinstance(v := record.get(k), str | int) and v}
-    return found
 
 
 # What a hostile producer sends to make an error message echo its values.
