@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -712,3 +713,15 @@ def test_privacy_doc_says_where_raw_pii_can_rest_who_can_read_it_and_how_long(mo
     assert "DEAD_LETTER_KEEP_BODY=false" in row("`login-queue-dlq`")
     assert "`botocore` loggers" in row("logs") and "at DEBUG" in row("logs")
     assert "An `hmac` key is as sensitive as a `siv` key" in doc
+
+
+def test_the_installed_package_carries_every_layer(tmp_path: Path) -> None:
+    """A non-editable install (the image's `pip install --no-deps .`) has every layer."""
+    result = run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    [wheel] = tmp_path.glob("login_pipeline-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for layer in ("pipeline", "broker", "ops"):
+        modules = {f"tasks/{layer}/{p.name}" for p in (ROOT / "tasks" / layer).glob("*.py")}
+        assert modules <= names, sorted(modules - names)
+    assert {"celeryconfig.py", "flowerconfig.py", "tasks/celery.py", "tasks/batch.py"} <= names
