@@ -107,7 +107,7 @@ class Worker:
     ) -> None:
         self.name = name
         self.log = config.STACK_DIR / f"{name}.log"
-        command = [*runner.worker_command(name), "--without-mingle", *(args or [])]
+        command = [*runner.worker_command(name), "--without-mingle", "--without-gossip", *(args or [])]
         if not heartbeat:
             command.append("--without-heartbeat")
         if beat:
