@@ -230,4 +230,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("tasks.dev"):
+            raise
+        print(f"`{args.command}` is a development command (tasks/dev); this install does not carry it", file=sys.stderr)
+        return 2
