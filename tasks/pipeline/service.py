@@ -42,6 +42,12 @@ def load_masker() -> Masker:
     return Masker(load_key_ring_checked(), config.MASKING_MODE)
 
 
+@cache
+def key_ring() -> KeyRing:
+    """The process's key ring, read and checked once for the pipeline and both queues."""
+    return load_key_ring_checked()
+
+
 @dataclass
 class Pipeline:
     """What a worker process keeps between batches."""
@@ -62,20 +68,18 @@ class Pipeline:
 
 @cache
 def pipeline() -> Pipeline:
-    return Pipeline(load_masker())
+    return Pipeline(Masker(key_ring(), config.MASKING_MODE))
 
 
 @cache
 def dead_letter_queue() -> DeadLetterQueue:
-    """Apart from the pipeline, so that a batch can be dead-lettered when masking fails."""
-    return DeadLetterQueue(config.DEAD_LETTER_QUEUE, load_key_ring_checked(), config.DEAD_LETTER_KEEP_BODY)
+    """Apart from the pipeline's connection: a batch is dead-lettered even when the database is down."""
+    return DeadLetterQueue(config.DEAD_LETTER_QUEUE, key_ring(), config.DEAD_LETTER_KEEP_BODY)
 
 
 @cache
 def source_queue() -> SourceQueue:
-    return SourceQueue(
-        config.SOURCE_QUEUE, load_key_ring_checked(), config.SOURCE_VISIBILITY_TIMEOUT, config.FETCH_RECEIVERS
-    )
+    return SourceQueue(config.SOURCE_QUEUE, key_ring(), config.SOURCE_VISIBILITY_TIMEOUT, config.FETCH_RECEIVERS)
 
 
 @dataclass(frozen=True)
