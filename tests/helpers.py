@@ -85,13 +85,30 @@ def processes_of(stack_dir: Path) -> list[int]:
 
 
 def stacks_of(pid: int) -> str:
-    """Every thread's stack of a live process (py-spy), to say where it hangs."""
+    """Every thread's stack of each live process in `pid`'s process group (py-spy): a
+    worker that hangs in Pool.join is waiting on a pool child, whose stack says why."""
     spy = Path(sys.executable).parent / "py-spy"
-    try:
-        result = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"(no stacks: {exc!r})"
-    return result.stdout[-6000:] or result.stderr[-2000:]
+    dumps = []
+    for member in [pid, *(p for p in _group_members(pid) if p != pid)]:
+        try:
+            result = subprocess.run(
+                [str(spy), "dump", "--pid", str(member)], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            dumps.append(f"(no stacks of {member}: {exc!r})")
+            continue
+        dumps.append(result.stdout[-4000:] or result.stderr[-1000:])
+    return "\n".join(dumps)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if os.getpgid(int(entry.name)) == pgid:
+                    members.append(int(entry.name))
+    return members
 
 
 class Worker:
