@@ -6,12 +6,15 @@ and unpacked under the stack folder: used in place, never copied into the reposi
 They run against a private embedded LocalStack (its own folder and free port) with a
 private Redis as Celery's result backend, each target once in one pytest session per
 file and once in one session per test, with the plugin tasks/dev/conformance_plugin.py
-choosing the transport and counting worker deaths.
+choosing the transport and counting worker deaths. Each session's result is kept in
+.stack/conformance/results.json as it finishes, so an interrupted run resumes (`--fresh`
+starts over); a change to the transport or to either version makes old results void.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -29,22 +32,49 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "transport.md"
+TRANSPORT = ROOT / "tasks" / "broker" / "transport.py"
 BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
 VARIANTS = ("stock", "ours")
-SESSION_TIMEOUT = 400  # seconds a one-test session may take; a whole-file session, four times that
+TEST_TIMEOUT = 240  # seconds a one-test session may take
+FILE_TIMEOUT = 1800  # and a whole-file session
 # Chain, group, chord, result set and link_error: the canvas that rides on the broker.
-CANVAS_SUBSET = "chain or group or chord or ResultSet or result_set or link_error"
+# Six of each of the first three (the basic forms, the parent ids, an error path) and
+# every non-eager and eager test of the last two: 32 tests, short enough to run one
+# session per test.
+CANVAS_SUBSET = tuple(
+    f"{group}::{test}"
+    for group, tests in {
+        "test_chain": "simple_chain single_chain complex_chain group_results_in_chain chain_on_error parent_ids",
+        "test_group": "parent_ids nested_group large_group group_lone callback_called_by_group "
+        "errback_called_by_group_fail_first",
+        "test_chord": "chord_order single_task_header empty_header_chord nested_chord chord_on_error parallel_chords",
+        "test_result_set": "result_set result_set_error result_set_built_via_add result_set_add_after_ready "
+        "join_exhausted_timeout join_native_timeout_zero_gives_up_on_pending_results "
+        "join_native_timeout_zero_returns_results_that_are_ready",
+        "test_link_error": "mutable_errback_with_stored_arguments link_error_eager link_error "
+        "link_error_callback_error_callback_retries_eager link_error_callback_retries "
+        "link_error_using_signature_eager link_error_using_signature",
+    }.items()
+    for test in (f"test_{name}" for name in tests.split())
+)
 
 
 @dataclass(frozen=True)
 class Target:
     project: str  # celery or kombu: whose sdist
     path: str
-    select: str | None = None  # a -k expression
+    tests: tuple[str, ...] = ()  # a named subset (class::test), or the whole file
 
     @property
     def label(self) -> str:
-        return Path(self.path).name + (" (chain, group, chord, result set, link_error)" if self.select else "")
+        if not self.tests:
+            return Path(self.path).name
+        return f"{Path(self.path).name} ({len(self.tests)} tests of chain, group, chord, result set, link_error)"
+
+    @property
+    def ids(self) -> list[str]:
+        """What one session for the whole target runs."""
+        return [f"{self.path}::{test}" for test in self.tests] or [self.path]
 
 
 TARGETS = (
@@ -160,20 +190,19 @@ def celery_overrides(tree: Path, prefix: str) -> None:
     (tree / "integration-tests-config.json").write_text(json.dumps({"broker_transport_options": options}))
 
 
-def pytest_command(target: Target, tree: Path, ids: list[str], report: Path, select: str | None) -> list[str]:
+def pytest_command(target: Target, tree: Path, ids: list[str], report: Path) -> list[str]:
     """One session; reruns off, so that a test counts once, as it first came out."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:rerunfailures"]
     command += ["-p", "tasks.dev.conformance_plugin"]
     if target.project == "celery":
         command += ["-p", "celery.contrib.pytest"]  # its fixtures (celery_parameters, ...)
-    command += ["-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", "--timeout=300", *ids]
-    return command + (["-k", select] if select else [])
+    return [*command, "-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", "--timeout=300", *ids]
 
 
 def collect(tree: Path, target: Target, env: dict[str, str]) -> list[str]:
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--collect-only", "-o", "addopts="]
     command += ["-p", "celery.contrib.pytest"] if target.project == "celery" else []
-    command += [target.path, *(["-k", target.select] if target.select else [])]
+    command += target.ids
     out = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False).stdout
     return [line.strip() for line in out.splitlines() if "::" in line]
 
@@ -202,14 +231,15 @@ def run_session(tree: Path, ids: list[str], target: Target, services: Services, 
     report, deaths = work / "reports" / f"{n}.xml", work / "reports" / f"{n}.deaths"
     report.parent.mkdir(parents=True, exist_ok=True)
     celery_overrides(tree, f"conf{n % 10**8}-")
-    command = pytest_command(target, tree, ids, report, target.select if ids == [target.path] else None)
+    whole_file = ids == target.ids
+    command = pytest_command(target, tree, ids, report)
     log = work / "reports" / f"{n}.log"
     with open(log, "w") as out:
         session = subprocess.Popen(
             command, cwd=tree, env=services.session_env(variant, deaths), stdout=out, stderr=out, start_new_session=True
         )
         try:
-            session.wait(timeout=SESSION_TIMEOUT * (4 if ids == [target.path] else 1))
+            session.wait(timeout=FILE_TIMEOUT if whole_file else TEST_TIMEOUT)
         except subprocess.TimeoutExpired:
             out.write("\n(conformance: session timed out and was killed)\n")
         finally:
@@ -221,26 +251,64 @@ def run_session(tree: Path, ids: list[str], target: Target, services: Services, 
     return Tally(counts, 1, int(died), failing)
 
 
-def run(per_test: bool = True, only: str | None = None, write: bool = False) -> int:
+class Ledger:
+    """Each finished session's result, kept in the stack folder as it comes, so that an
+    interrupted run resumes where it stopped. A result counts only for the transport
+    code and the celery and kombu versions it was measured with."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path = path
+        self.stamp = "|".join(
+            [version("celery"), version("kombu"), hashlib.sha256(TRANSPORT.read_bytes()).hexdigest()[:16]]
+        )
+        known = json.loads(path.read_text()) if path.exists() and not fresh else {}
+        self.sessions: dict[str, dict] = {k: v for k, v in known.items() if v.get("stamp") == self.stamp}
+
+    def key(self, target: Target, variant: str, session: str) -> str:
+        return f"{target.label}|{variant}|{session}"
+
+    def get(self, target: Target, variant: str, session: str) -> Tally | None:
+        entry = self.sessions.get(self.key(target, variant, session))
+        if entry is None:
+            return None
+        return Tally(Counter(entry["outcomes"]), 1, entry["deaths"], set(entry["failing"]))
+
+    def put(self, target: Target, variant: str, session: str, tally: Tally) -> None:
+        entry = {"stamp": self.stamp, "outcomes": dict(tally.outcomes), "deaths": tally.deaths}
+        self.sessions[self.key(target, variant, session)] = {**entry, "failing": sorted(tally.failing)}
+        self.path.write_text(json.dumps(self.sessions, indent=1))
+
+
+def measured(ledger: Ledger, tree: Path, ids: list[str], target: Target, services: Services, variant: str) -> Tally:
+    session = "file" if ids == target.ids else ids[0]
+    tally = ledger.get(target, variant, session)
+    if tally is None:
+        tally = run_session(tree, ids, target, services, variant, ledger.path.parent)
+        ledger.put(target, variant, session, tally)
+    return tally
+
+
+def run(per_test: bool = True, only: str | None = None, write: bool = False, fresh: bool = False) -> int:
     work = ROOT / ".stack" / "conformance"
     trees = sources(work)
+    ledger = Ledger(work / "results.json", fresh)
     results: dict[tuple[str, str, str], Tally] = {}
     targets = [t for t in TARGETS if only is None or only in t.path]
+    modes = ("file", "test") if per_test else ("file",)
     with Services(work) as services:
-        for target in targets:
-            tree = trees[target.project]
-            ids = collect(tree, target, services.session_env("stock", work / "none"))
-            for variant in VARIANTS:
-                results[(target.label, variant, "file")] = run_session(
-                    tree, [target.path], target, services, variant, work
-                )
-                print(target.label, variant, "per file:", results[(target.label, variant, "file")].cell(), flush=True)
-                if per_test:
+        for mode in modes:  # every file first: the most telling figures come soonest
+            for target in targets:
+                tree = trees[target.project]
+                sessions = [target.ids]
+                if mode == "test":
+                    found = collect(tree, target, services.session_env("stock", work / "none"))
+                    sessions = [[test_id] for test_id in found]
+                for variant in VARIANTS:
                     tally = Tally()
-                    for test_id in ids:
-                        tally.add(run_session(tree, [test_id], target, services, variant, work))
-                    results[(target.label, variant, "test")] = tally
-                    print(target.label, variant, "per test:", tally.cell(), flush=True)
+                    for ids in sessions:
+                        tally.add(measured(ledger, tree, ids, target, services, variant))
+                    results[(target.label, variant, mode)] = tally
+                    print(f"{target.label} {variant} one session per {mode}: {tally.cell()}", flush=True)
     text = table(results, targets, per_test)
     print(text)
     if write:

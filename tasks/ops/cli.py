@@ -140,7 +140,7 @@ def _faults(args: argparse.Namespace) -> int:
 def _conformance(args: argparse.Namespace) -> int:
     from tasks.dev import conformance
 
-    return conformance.run(per_test=not args.per_file_only, only=args.only, write=args.write_docs)
+    return conformance.run(per_test=not args.per_file_only, only=args.only, write=args.write_docs, fresh=args.fresh)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -212,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-file-only", action="store_true", help="skip the one-session-per-test runs")
     s.add_argument("--only", help="only the targets whose path contains this")
     s.add_argument("--write-docs", action="store_true", help="write the table into docs/transport.md")
+    s.add_argument("--fresh", action="store_true", help="forget the sessions measured before (they resume otherwise)")
     s.set_defaults(func=_conformance)
 
     s = sub.add_parser("config", help="the settings, their defaults and meanings, as README's table")
