@@ -10,6 +10,7 @@ schema, against whatever the configuration points at (compose runs it).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -56,28 +57,21 @@ def localstack_ready() -> bool:
 
 
 def _localstack_python() -> Path:
+    """LocalStack's own venv, installed once. Two first runs at once (`make demo` beside
+    `make test`) install one after the other: pip into one venv from two processes breaks it."""
     venv = _paths()["venv"]
     python = venv / "bin" / "python"
     marker = venv / "installed.txt"
     wanted = LOCALSTACK_REQUIREMENTS.read_text()
-    if marker.exists() and marker.read_text() == wanted:
-        return python
-    say(f"installing LocalStack into {venv} (once, about a minute)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-            str(LOCALSTACK_REQUIREMENTS),
-        ],
-        check=True,
-    )
-    marker.write_text(wanted)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (marker.exists() and marker.read_text() == wanted):
+            say(f"installing LocalStack into {venv} (once, about a minute)")
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            subprocess.run([*pip, "-r", str(LOCALSTACK_REQUIREMENTS)], check=True)
+            marker.write_text(wanted)
     return python
 
 
