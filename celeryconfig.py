@@ -243,6 +243,8 @@ task_acks_on_failure = False
 # A batch killed at the hard time limit is not acknowledged either: its source messages
 # are already deleted, so its task message is the only copy (the redrive policy keeps it).
 task_acks_on_timeout = False
+# Celery's prefork pool, made to finish every warm shutdown (tasks/broker/pool.py).
+worker_pool = "tasks.broker.pool:TaskPool"
 worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1, "tasks a worker process reserves ahead")
 # Chosen by measurement (docs/performance.md): two overlapping fetches and batch tasks.
 worker_concurrency = _int("WORKER_CONCURRENCY", 4, "worker processes")

@@ -141,12 +141,18 @@ class Channel(SQS.Channel):
             return 0
         return super()._on_messages_ready(queue, qname, messages)
 
+    def _polling(self) -> bool:
+        """Whether the asynchronous receive loop goes on: not once the channel closed
+        (point 6), and not when the loop's timers fire on another thread (point 4): Celery
+        fires them from a thread of its own while the pool drains at shutdown."""
+        return not (self.closed or self.connection is None) and self.hub is not None
+
     def _loop1(self, queue: str, messages_fetched: Any = None) -> None:
-        if not (self.closed or self.connection is None):
+        if self._polling():
             super()._loop1(queue, messages_fetched)
 
     def _schedule_queue(self, queue: str) -> None:
-        if not (self.closed or self.connection is None):
+        if self._polling():
             super()._schedule_queue(queue)
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:

@@ -82,6 +82,29 @@ def test_a_closed_channel_schedules_nothing_and_releases_what_it_still_received(
     assert channel._on_messages_ready("url", "q", ["a failed receive"]) == 0
 
 
+def test_the_loops_timers_fired_on_another_thread_poll_nothing() -> None:
+    """Celery fires the loop's timers from a thread of its own while the pool drains at
+    shutdown; kombu's _loop1 would call hub.call_later there, on a hub it does not see."""
+    hub = Hub()
+    transport._hub_threads[hub] = threading.get_ident()
+    scheduled: list[str] = []
+    channel = bare_channel(hub=hub, closed=False, connection=SimpleNamespace(polling_interval=1))
+    channel._get_bulk_async = lambda queue, callback=None: scheduled.append(queue)
+    errors: list[BaseException] = []
+
+    def off_the_loops_thread() -> None:
+        try:
+            channel._loop1("q")
+            channel._schedule_queue("q")
+        except BaseException as exc:
+            errors.append(exc)
+
+    other = threading.Thread(target=off_the_loops_thread)
+    other.start()
+    other.join()
+    assert errors == [] and scheduled == [] and not hub.timer.queue
+
+
 def test_answered_reply_queues_are_kept_for_reuse_and_only_the_idle_surplus_deleted() -> None:
     deleted: list[str] = []
     cache = {f"q{n}.reply.celery.pidbox": f"url-{n}" for n in range(7)}
