@@ -92,6 +92,13 @@ def test_the_readme_configuration_table_is_the_one_celeryconfig_declares() -> No
     assert block == celeryconfig.settings_table(), "README's configuration table is stale: run `make docs`"
 
 
+def test_every_module_the_docs_name_exists() -> None:
+    """A move (the layout of issue 13) leaves no reader sent to a file that is gone."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "deploy").rglob("*.md"))]
+    named = {path for doc in documents for path in re.findall(r"tasks/[a-z_/]+\.py", doc.read_text())}
+    assert named and not {path for path in named if not (ROOT / path).exists()}
+
+
 def test_every_setting_read_from_the_environment_is_declared() -> None:
     """No os.environ read around the declarations, so the table lists them all."""
     source = (ROOT / "celeryconfig.py").read_text()
