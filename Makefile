@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 CHROMIUM := /usr/bin/chromium
+REDIS := /usr/bin/redis-server
 
 .PHONY: run demo test test-unit docs conformance screenshots lint stack-up stack-down status clean compose-seed audit
 
@@ -16,11 +17,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-*; touch $@
 
-$(CHROMIUM):
-	@if [ "$$(id -u)" != 0 ]; then \
-		echo "chromium is missing and only root can install it: sudo apt-get install -y chromium" >&2; exit 1; fi
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-	@test -x $@ || { echo "apt-get installed no $@" >&2; exit 1; }
+# Debian packages the tests need: chromium (Flower in a real browser) and redis-server
+# (the result backend of Celery's own suites).
+$(CHROMIUM) $(REDIS):
+	@package=$$(basename $@); \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "$$package is missing and only root can install it: sudo apt-get install -y $$package" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null; \
+	test -x $@ || { echo "apt-get installed no $@" >&2; exit 1; }
 
 run: $(STAMP)           ## worker, beat and Flower on the embedded stack, until Ctrl-C
 	$(PY) -m tasks run --seed $(or $(SEED),1000)
@@ -28,13 +32,12 @@ run: $(STAMP)           ## worker, beat and Flower on the embedded stack, until 
 demo: $(STAMP)          ## seed 1,000 events, drain them, print a summary, exit
 	$(PY) -m tasks run --drain --seed $(or $(SEED),1000)
 
-test: $(STAMP) $(CHROMIUM)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
+test: $(STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-conformance: $(STAMP)   ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-conformance.txt
+conformance: $(STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
 	$(PY) -m tasks conformance --write-docs
 
 docs: $(STAMP)          ## regenerate README's configuration table from celeryconfig.py

@@ -126,37 +126,13 @@ def sources(work: Path) -> dict[str, Path]:
     return found
 
 
-class Services:
-    """A private LocalStack (the embedded stack in its own folder) and a private Redis."""
+@dataclass
+class Endpoints:
+    """Where a session finds SQS (a LocalStack) and Redis (Celery's result backend)."""
 
-    def __init__(self, work: Path) -> None:
-        self.stack_dir, self.sqs_port, self.redis_port = work / "stack", free_port(), free_port()
-        self.env = {
-            **os.environ,
-            "STACK_DIR": str(self.stack_dir),
-            "LOCALSTACK_PORT": str(self.sqs_port),
-            "LOCALSTACK_VENV": str(ROOT / ".stack" / "localstack-venv"),
-            "SQS_ENDPOINT_URL": f"http://localhost:{self.sqs_port}",
-        }
-        self.redis: subprocess.Popen | None = None
-
-    def __enter__(self) -> Services:
-        redis = shutil.which("redis-server")
-        if not redis:
-            raise SystemExit("conformance needs redis-server (Celery's result backend): apt-get install redis-server")
-        self.redis = subprocess.Popen(
-            [redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        subprocess.run([sys.executable, "-m", "tasks", "stack", "up"], env=self.env, check=True, cwd=ROOT)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        subprocess.run([sys.executable, "-m", "tasks", "stack", "down"], env=self.env, check=False, cwd=ROOT)
-        if self.redis:
-            self.redis.terminate()
-            self.redis.wait(timeout=30)
+    sqs_port: int
+    redis_port: int
+    env: dict[str, str]
 
     def session_env(self, variant: str, deaths: Path) -> dict[str, str]:
         return {
@@ -174,6 +150,40 @@ class Services:
             "CONFORMANCE_DEATHS": str(deaths),
             "PYTHONPATH": str(ROOT),
         }
+
+
+def redis_command(port: int) -> list[str]:
+    redis = shutil.which("redis-server")
+    if not redis:
+        raise SystemExit("conformance needs redis-server (Celery's result backend): apt-get install redis-server")
+    return [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+class Services(Endpoints):
+    """A private LocalStack (the embedded stack in its own folder) and a private Redis."""
+
+    def __init__(self, work: Path) -> None:
+        sqs_port = free_port()
+        env = {
+            **os.environ,
+            "STACK_DIR": str(work / "stack"),
+            "LOCALSTACK_PORT": str(sqs_port),
+            "LOCALSTACK_VENV": str(ROOT / ".stack" / "localstack-venv"),
+            "SQS_ENDPOINT_URL": f"http://localhost:{sqs_port}",
+        }
+        super().__init__(sqs_port, free_port(), env)
+        self.redis: subprocess.Popen | None = None
+
+    def __enter__(self) -> Services:
+        self.redis = subprocess.Popen(redis_command(self.redis_port), stdout=subprocess.DEVNULL, start_new_session=True)
+        subprocess.run([sys.executable, "-m", "tasks", "stack", "up"], env=self.env, check=True, cwd=ROOT)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        subprocess.run([sys.executable, "-m", "tasks", "stack", "down"], env=self.env, check=False, cwd=ROOT)
+        if self.redis:
+            self.redis.terminate()
+            self.redis.wait(timeout=30)
 
 
 def celery_overrides(tree: Path, prefix: str) -> None:
@@ -226,7 +236,7 @@ def outcomes(report: Path) -> tuple[Counter[str], set[str]]:
     return counts, failing
 
 
-def run_session(tree: Path, ids: list[str], target: Target, services: Services, variant: str, work: Path) -> Tally:
+def run_session(tree: Path, ids: list[str], target: Target, services: Endpoints, variant: str, work: Path) -> Tally:
     n = time.monotonic_ns()
     report, deaths = work / "reports" / f"{n}.xml", work / "reports" / f"{n}.deaths"
     report.parent.mkdir(parents=True, exist_ok=True)
