@@ -121,7 +121,9 @@ class Worker:
         env: dict[str, str] | None = None,
         heartbeat: bool = False,
         args: list[str] | None = None,
+        ready: bool = True,
     ) -> None:
+        """Start the worker; with `ready`, wait until it says so (else call `ready()`)."""
         self.name = name
         self.log = config.STACK_DIR / f"{name}.log"
         command = [*runner.worker_command(name), "--without-mingle", "--without-gossip", *(args or [])]
@@ -130,6 +132,10 @@ class Worker:
         if beat:
             command.append("--beat")
         self.process = spawn(command, self.log, env)
+        if ready:
+            self.ready()
+
+    def ready(self) -> None:
         try:
             self.wait_for("ready.")
         except BaseException:

@@ -136,21 +136,24 @@ def test_sigterm_at_random_moments_of_a_batch_stream_always_ends_the_worker(db) 
     beat = spawn(runner.beat_command(), config.STACK_DIR / "beat.log")
     feeder = Feeder(per_second=300, seed_value=2)
     current = Worker("sigterm-0")
+    workers = [current]
     exits: list[float] = []
     try:
         for n in range(1, 21):
-            successor = Worker(f"sigterm-{n}")  # starts while the current one works
             current.wait_for("tasks.mask_and_insert[", timeout=60)
+            workers.append(Worker(f"sigterm-{n}", ready=False))  # starts while the current one works and stops
             time.sleep(rng.uniform(0, 1.5))
             started = time.monotonic()
             assert current.stop(within=SHUTDOWN_BOUND) == 0
             exits.append(time.monotonic() - started)
-            current = successor
+            current = workers[-1]
+            current.ready()
         feeder.stop()
         account("20 SIGTERMs at random moments", feeder.messages, feeder.valid, db)
     finally:
         feeder.stop()
-        current.stop()
+        for worker in workers:
+            worker.stop()
         kill_group(beat)
     print(f"warm shutdowns: {len(exits)}, slowest {max(exits):.1f} s, bound {SHUTDOWN_BOUND} s")
 
