@@ -6,27 +6,28 @@ both found with py-spy on the pool children of a hung worker:
 1. **A job payload half written.** A batch task is up to ~560 KB and crosses the 64 KiB
    pipe to a pool child in pieces, written by the event loop as the child reads. Celery's
    warm shutdown closes the pool (``Blueprint.close``) before it stops the consumer, whose
-   ``pool.flush()`` finishes payloads already started, but only while the pool still
-   runs. A SIGTERM between two pieces left the child reading the rest forever. Here the
-   pool flushes itself before it closes.
-2. **A result no one reads.** That flush drops from the pool's cache every job no child
-   has acknowledged yet, also one a child has already read and is about to run (its
-   message is not acked, so SQS delivers it again: batches are idempotent). Celery reads
-   the children's result pipes only while its cache holds jobs, and a child that ran
-   such a job waits up to 30 s for its result to be read before it exits
-   (billiard's ``_ensure_messages_consumed``). Here results are read until every child
-   has exited.
+   ``pool.flush()`` finishes payloads already started only while the pool still runs. A
+   SIGTERM between two pieces left the child reading the rest forever.
+2. **A job run behind the pool's back.** That flush drops from the pool's cache every
+   job no child has acknowledged yet, also one a child has already read and is about to
+   run. The child runs it with no time limit (limits start when the pool sees the
+   acknowledgement) and its message is never acked. Celery reads results only while its
+   cache holds jobs, so the child then waited 30 s for its result to be read before it
+   exited (billiard's ``_ensure_messages_consumed``).
+
+So here the pool, when it closes, first stops starting or replacing children and writes
+the rest of every payload it has started; at shutdown it drops only the jobs no child
+has any of (their messages go back to the queue), and keeps every other one: timed,
+acked when done, its result read. Results are read until every child has exited.
 
 Selected by ``worker_pool`` in celeryconfig.py; ``tests/test_faults.py`` sends 20
-SIGTERMs at random moments of a batch stream. Internals relied on (pinned by
-tests/unit/test_pool.py): ``AsynPool.flush``, ``AsynPool.close``, ``AsynPool._state``,
-``ResultHandler.on_stop_not_started``, ``_flush_outqueue``, ``fileno_to_outq``,
-``join_exited_workers`` and ``on_state_change``.
+SIGTERMs at random moments of a batch stream. The Celery and billiard internals used are
+pinned by tests/unit/test_pool.py.
 """
 
 from __future__ import annotations
 
-from billiard.pool import RUN, TERMINATE, WorkersJoined
+from billiard.pool import RUN, WorkersJoined
 from celery.concurrency import asynpool, prefork
 
 
@@ -34,7 +35,7 @@ class ResultHandler(asynpool.ResultHandler):
     def on_stop_not_started(self) -> None:
         super().on_stop_not_started()  # while the cache holds jobs
         outqueues = set(self.fileno_to_outq)
-        while outqueues and self._state != TERMINATE:  # then until every child has gone
+        while outqueues:  # then until every child has gone
             for fd in list(outqueues):
                 asynpool.iterate_file_descriptors_safely(
                     [fd], self.fileno_to_outq, self._flush_outqueue,
@@ -50,9 +51,31 @@ class AsynPool(asynpool.AsynPool):
     ResultHandler = ResultHandler
 
     def close(self) -> None:
-        if self._state == RUN:
-            self.flush()  # finishes the payloads already started, which it does only now
-        super().close()
+        if self._state != RUN:
+            return
+        self._worker_handler.close()  # no child is started or replaced from now on
+        try:
+            self._finish_started_writes()
+        finally:
+            super().close()
+
+    def _finish_started_writes(self) -> None:
+        """Write the rest of each payload a child has part of: it reads a whole job."""
+        for job in list(self._cache.values()):
+            writer, child = asynpool._get_job_writer(job), job._write_to
+            if writer is not None and child is not None and not asynpool.gen_not_started(writer):
+                self._flush_writer(child, writer)
+
+    def flush(self) -> None:
+        if self._state == RUN:  # the broker connection was lost: Celery's own flush
+            super().flush()
+            return
+        # A warm shutdown: drop only the jobs no child has any of; their messages are
+        # not acked, so they go back to the queue.
+        for job in tuple(self._cache.values()):
+            if not job._accepted and job._write_to is None:
+                job.discard()
+        self.outbound_buffer.clear()
 
 
 class TaskPool(prefork.TaskPool):

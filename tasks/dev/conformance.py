@@ -35,7 +35,8 @@ DOC = ROOT / "docs" / "transport.md"
 TRANSPORT = ROOT / "tasks" / "broker" / "transport.py"
 BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
 VARIANTS = ("stock", "ours")
-TEST_TIMEOUT = 240  # seconds a one-test session may take
+TEST_TIMEOUT = 200  # seconds one test may take (pytest-timeout), so that its report is written
+SESSION_TIMEOUT = TEST_TIMEOUT + 60  # and a one-test session, before it is killed
 FILE_TIMEOUT = 1800  # and a whole-file session
 # Chain, group, chord, result set and link_error: the canvas that rides on the broker.
 # Six of each of the first three (the basic forms, the parent ids, an error path) and
@@ -102,6 +103,10 @@ class Tally:
         o = self.outcomes
         text = f"{o['passed']} passed, {o['failed']} failed, {o['skipped']} skipped"
         return text + f"; {self.deaths} of {self.sessions} sessions with a worker death"
+
+
+def digest(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:12]
 
 
 def free_port() -> int:
@@ -206,7 +211,8 @@ def pytest_command(target: Target, tree: Path, ids: list[str], report: Path) -> 
     command += ["-p", "tasks.dev.conformance_plugin"]
     if target.project == "celery":
         command += ["-p", "celery.contrib.pytest"]  # its fixtures (celery_parameters, ...)
-    return [*command, "-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", "--timeout=300", *ids]
+    command += ["-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", f"--timeout={TEST_TIMEOUT}"]
+    return [*command, *ids]
 
 
 def collect(tree: Path, target: Target, env: dict[str, str]) -> list[str]:
@@ -214,15 +220,18 @@ def collect(tree: Path, target: Target, env: dict[str, str]) -> list[str]:
     command += ["-p", "celery.contrib.pytest"] if target.project == "celery" else []
     command += target.ids
     out = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False).stdout
-    return [line.strip() for line in out.splitlines() if "::" in line]
+    found = [line.strip() for line in out.splitlines() if "::" in line]
+    if not found:
+        raise SystemExit(f"pytest collected nothing of {target.path} in {tree}")
+    return found
 
 
-def outcomes(report: Path) -> tuple[Counter[str], set[str]]:
+def outcomes(report: Path, ids: list[str]) -> tuple[Counter[str], set[str]]:
     counts: Counter[str] = Counter()
     failing: set[str] = set()
     if not report.exists():
         counts["failed"] += 1
-        return counts, {"(session crashed)"}
+        return counts, {f"(session crashed or timed out: {' '.join(ids)[:200]})"}
     for case in ET.parse(report).getroot().iter("testcase"):
         kinds = {child.tag for child in case}
         name = f"{case.get('classname')}::{case.get('name')}"
@@ -249,14 +258,14 @@ def run_session(tree: Path, ids: list[str], target: Target, services: Endpoints,
             command, cwd=tree, env=services.session_env(variant, deaths), stdout=out, stderr=out, start_new_session=True
         )
         try:
-            session.wait(timeout=FILE_TIMEOUT if whole_file else TEST_TIMEOUT)
+            session.wait(timeout=FILE_TIMEOUT if whole_file else SESSION_TIMEOUT)
         except subprocess.TimeoutExpired:
             out.write("\n(conformance: session timed out and was killed)\n")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(session.pid, signal.SIGKILL)
             session.wait()
-    counts, failing = outcomes(report)
+    counts, failing = outcomes(report, ids)
     died = deaths.exists() and bool(deaths.read_text().strip())
     return Tally(counts, 1, int(died), failing)
 
@@ -271,7 +280,10 @@ class Ledger:
         self.stamp = "|".join(
             [version("celery"), version("kombu"), hashlib.sha256(TRANSPORT.read_bytes()).hexdigest()[:16]]
         )
-        known = json.loads(path.read_text()) if path.exists() and not fresh else {}
+        known = {}
+        if path.exists() and not fresh:
+            with contextlib.suppress(ValueError):  # a ledger cut short: measure again
+                known = json.loads(path.read_text())
         self.sessions: dict[str, dict] = {k: v for k, v in known.items() if v.get("stamp") == self.stamp}
 
     def key(self, target: Target, variant: str, session: str) -> str:
@@ -286,11 +298,13 @@ class Ledger:
     def put(self, target: Target, variant: str, session: str, tally: Tally) -> None:
         entry = {"stamp": self.stamp, "outcomes": dict(tally.outcomes), "deaths": tally.deaths}
         self.sessions[self.key(target, variant, session)] = {**entry, "failing": sorted(tally.failing)}
-        self.path.write_text(json.dumps(self.sessions, indent=1))
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.sessions, indent=1))
+        os.replace(partial, self.path)  # never half written
 
 
 def measured(ledger: Ledger, tree: Path, ids: list[str], target: Target, services: Services, variant: str) -> Tally:
-    session = "file" if ids == target.ids else ids[0]
+    session = ids[0] if ids != target.ids else "file" if not target.tests else f"subset {digest(target.ids)}"
     tally = ledger.get(target, variant, session)
     if tally is None:
         tally = run_session(tree, ids, target, services, variant, ledger.path.parent)

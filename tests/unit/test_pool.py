@@ -17,6 +17,9 @@ from tasks.broker import pool
 INTERNALS = {
     (asynpool.AsynPool, "flush"): ["self"],
     (asynpool.AsynPool, "close"): ["self"],
+    (asynpool.AsynPool, "_flush_writer"): ["self", "proc", "writer"],
+    (asynpool, "_get_job_writer"): ["job"],
+    (asynpool, "gen_not_started"): ["gen"],
     (asynpool.ResultHandler, "on_stop_not_started"): ["self"],
     (asynpool.ResultHandler, "_flush_outqueue"): ["self", "fd", "remove", "process_index", "on_state_change"],
     (Pool, "_join_exited_workers"): ["self", "shutdown"],
@@ -27,6 +30,15 @@ INTERNALS = {
 @pytest.mark.parametrize(("owner", "name"), list(INTERNALS), ids=lambda v: getattr(v, "__name__", v))
 def test_the_internals_it_relies_on_keep_their_signatures(owner: object, name: str) -> None:
     assert list(inspect.signature(getattr(owner, name)).parameters) == INTERNALS[(owner, name)]
+
+
+def test_the_job_attributes_it_reads_are_set_where_it_expects() -> None:
+    """`_write_to` is set when a payload's first byte is written, `_accepted` when a child
+    acknowledges the job, `_worker_handler` is what starts and replaces children."""
+    source = inspect.getsource(asynpool.AsynPool)
+    assert "job._write_to = proc" in source and "def _flush_writer" in source
+    assert "self._accepted = True" in inspect.getsource(asynpool._pool.ApplyResult)
+    assert "self._worker_handler.close()" in inspect.getsource(Pool.close)
 
 
 def test_the_worker_runs_this_pool() -> None:
