@@ -4,17 +4,23 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml requirements-localstack.txt | cksum | cut -d' ' -f1)
 
 CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
 
 .PHONY: run demo test test-unit docs conformance screenshots lint stack-up stack-down status clean compose-seed audit
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# LocalStack's venv (tasks/dev/localstack_venv.py, standard library only) is installed
+# beside the project's: a fresh clone waits for the two installs once, not one after the other.
+LOCALSTACK_VENV ?= $(or $(STACK_DIR),.stack)/localstack-venv
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml requirements-localstack.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PYTHON) tasks/dev/localstack_venv.py $(LOCALSTACK_VENV) & localstack=$$!; \
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
+	&& $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .; project=$$?; \
+	wait $$localstack && test $$project = 0
 	rm -f $(VENV)/.installed-*; touch $@
 
 # Debian packages the tests need: chromium (Flower in a real browser) and redis-server

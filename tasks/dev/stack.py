@@ -10,7 +10,6 @@ schema, against whatever the configuration points at (compose runs it).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -23,11 +22,11 @@ from pathlib import Path
 from types import ModuleType
 
 import celeryconfig as config
+from tasks.dev import localstack_venv
 from tasks.ops import provision
 from tasks.pipeline.keys import create_development_key
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCALSTACK_REQUIREMENTS = ROOT / "requirements-localstack.txt"
 
 
 def _paths() -> dict[str, Path]:
@@ -56,31 +55,12 @@ def localstack_ready() -> bool:
     return all(services.get(s) in ("available", "running") for s in ("sqs", "sns"))
 
 
-def _localstack_python() -> Path:
-    """LocalStack's own venv, installed once. Two first runs at once (`make demo` beside
-    `make test`) install one after the other: pip into one venv from two processes breaks it."""
-    venv = _paths()["venv"]
-    python = venv / "bin" / "python"
-    marker = venv / "installed.txt"
-    wanted = LOCALSTACK_REQUIREMENTS.read_text()
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (marker.exists() and marker.read_text() == wanted):
-            say(f"installing LocalStack into {venv} (once, about a minute)")
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            subprocess.run([*pip, "-r", str(LOCALSTACK_REQUIREMENTS)], check=True)
-            marker.write_text(wanted)
-    return python
-
-
 def start_localstack(timeout: float = 120) -> None:
     if localstack_ready():
         say(f"LocalStack already answers on port {config.LOCALSTACK_PORT}")
         return
     paths = _paths()
-    python = _localstack_python()
+    python = localstack_venv.ensure(paths["venv"])
     env = {
         **os.environ,
         "GATEWAY_LISTEN": f"127.0.0.1:{config.LOCALSTACK_PORT}",
