@@ -18,7 +18,8 @@ both found with py-spy on the pool children of a hung worker:
 So here the pool, when it closes, first stops starting or replacing children and writes
 the rest of every payload it has started; at shutdown it drops only the jobs no child
 has any of (their messages go back to the queue), and keeps every other one: timed,
-acked when done, its result read. Results are read until every child has exited.
+acked when done, its result read. Results are read until every child has exited, from
+all the children's pipes at once.
 
 Selected by ``worker_pool`` in celeryconfig.py; ``tests/test_faults.py`` sends 20
 SIGTERMs at random moments of a batch stream. The Celery and billiard internals used are
@@ -33,10 +34,15 @@ from celery.concurrency import asynpool, prefork
 
 class ResultHandler(asynpool.ResultHandler):
     def on_stop_not_started(self) -> None:
-        super().on_stop_not_started()  # while the cache holds jobs
+        """Read the children's results until every child has gone (Celery stops once its
+        cache is empty), waiting on all their pipes at once (Celery waits 0.5 s on each
+        idle one in turn: up to 2 s before it sees that a child has exited)."""
         outqueues = set(self.fileno_to_outq)
-        while outqueues:  # then until every child has gone
-            for fd in list(outqueues):
+        while outqueues:
+            if self.check_timeouts is not None:
+                self.check_timeouts()  # time limits of the jobs still running
+            readable, _, _ = asynpool._select(readers=outqueues, timeout=0.2)  # drops a closed pipe
+            for fd in readable:
                 asynpool.iterate_file_descriptors_safely(
                     [fd], self.fileno_to_outq, self._flush_outqueue,
                     outqueues.discard, self.fileno_to_outq, self.on_state_change,

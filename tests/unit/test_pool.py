@@ -20,6 +20,7 @@ INTERNALS = {
     (asynpool.AsynPool, "_flush_writer"): ["self", "proc", "writer"],
     (asynpool, "_get_job_writer"): ["job"],
     (asynpool, "gen_not_started"): ["gen"],
+    (asynpool, "_select"): ["readers", "writers", "err", "timeout", "poll"],
     (asynpool.ResultHandler, "on_stop_not_started"): ["self"],
     (asynpool.ResultHandler, "_flush_outqueue"): ["self", "fd", "remove", "process_index", "on_state_change"],
     (Pool, "_join_exited_workers"): ["self", "shutdown"],
@@ -44,4 +45,5 @@ def test_the_job_attributes_it_reads_are_set_where_it_expects() -> None:
 def test_the_worker_runs_this_pool() -> None:
     assert get_implementation(config.worker_pool) is pool.TaskPool
     assert pool.TaskPool.Pool.ResultHandler is pool.ResultHandler
+    assert "self.check_timeouts = check_timeouts" in inspect.getsource(asynpool._pool.ResultHandler.__init__)
     assert "self.fileno_to_outq = " in inspect.getsource(asynpool.ResultHandler)
