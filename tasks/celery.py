@@ -10,7 +10,10 @@ from celery.signals import after_setup_logger
 
 from tasks.broker.aws import quiet_botocore
 
-app = Celery("tasks", include=["tasks.fetch", "tasks.batch", "tasks.ops.health"])
+# Remote control clients (Flower, inspect) reuse one reply queue per thread (tasks/broker/control.py).
+app = Celery(
+    "tasks", include=["tasks.fetch", "tasks.batch", "tasks.ops.health"], control="tasks.broker.control:Control"
+)
 app.config_from_object("celeryconfig")
 
 

@@ -39,8 +39,10 @@ Clean-up: SQS has no auto-delete queues. The per-process queues that kombu decla
 subscriptions, when the channel closes. Answered reply queues are kept for reuse, since
 kombu names them after ``id()`` of a per-call object and so reuses names, and SQS refuses
 to re-create a deleted name for 60 s; beyond the IDLE_REPLY_QUEUES most recent, a queue
-idle for REPLY_QUEUE_IDLE_SECONDS is deleted, so a long-lived client such as Flower keeps
-a bounded number of reply queues, not one per call. Channels still open when the
+idle for REPLY_QUEUE_IDLE_SECONDS is deleted. This app's clients name one reply queue
+per thread (tasks/broker/control.py), so a Flower keeps one per executor thread; a
+client of another app, whose names change per call, keeps those answered within
+REPLY_QUEUE_IDLE_SECONDS. Channels still open when the
 process exits are closed then. A process killed outright
 leaves its queues to `python -m tasks stack sweep`.
 
@@ -67,7 +69,9 @@ from kombu.transport import SQS
 
 log = logging.getLogger(__name__)
 REPLY_EXCHANGE_SUFFIX = ".pidbox"
-IDLE_REPLY_QUEUES = 4  # answered reply queues kept for reuse
+# Answered reply queues kept for reuse: our app's clients use one per thread
+# (tasks/broker/control.py), and a Flower's executor has at most 32 threads.
+IDLE_REPLY_QUEUES = 32
 REPLY_QUEUE_IDLE_SECONDS = 120.0
 _open_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 # The thread each event loop (kombu Hub) runs on, as registered by Celery's consumer.

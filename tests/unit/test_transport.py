@@ -107,11 +107,12 @@ def test_the_loops_timers_fired_on_another_thread_poll_nothing() -> None:
 
 def test_answered_reply_queues_are_kept_for_reuse_and_only_the_idle_surplus_deleted() -> None:
     deleted: list[str] = []
-    cache = {f"q{n}.reply.celery.pidbox": f"url-{n}" for n in range(7)}
+    count = transport.IDLE_REPLY_QUEUES + 3
+    cache = {f"q{n}.reply.celery.pidbox": f"url-{n}" for n in range(count)}
     channel = bare_channel(
         _delete_own_queue=deleted.append, _answered={}, connection=SimpleNamespace(_queue_cache=cache)
     )
-    for n in range(7):
+    for n in range(count):
         channel._answered[f"q{n}.reply.celery.pidbox"] = 1000.0 + n  # answered long ago, in order
     channel._prune_answered(now=1000.0 + 60)  # not idle long enough: all kept
     assert deleted == []
