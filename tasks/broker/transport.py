@@ -37,7 +37,7 @@ Every SQS call the broker makes has bounded timeouts and retries (the transport 
 Clean-up: SQS has no auto-delete queues. The per-process queues that kombu declares
 ``auto_delete`` (event receivers, pidbox and reply queues) are deleted, with their SNS
 subscriptions, when the channel closes. Answered reply queues are kept for reuse, since
-kombu names them after ``id()`` of a per-call object and so reuses names, and SQS refuses
+kombu names them after ``id()`` of a per-call object, which can recur, and SQS refuses
 to re-create a deleted name for 60 s; beyond the IDLE_REPLY_QUEUES most recent, a queue
 idle for REPLY_QUEUE_IDLE_SECONDS is deleted. This app's clients name one reply queue
 per thread (tasks/broker/control.py), so a Flower keeps one per executor thread; a
@@ -170,8 +170,9 @@ class Channel(SQS.Channel):
     def after_reply_message_received(self, queue: str) -> None:
         """Keep an answered reply queue for reuse, and prune the idle ones.
 
-        kombu names a reply queue after ``id()`` of a per-call mailbox copy, so a process
-        sees a few names again and again, and now and then a new one. A name in use again
+        kombu names a reply queue after ``id()`` of a per-call mailbox copy: mostly a new
+        name per call (this app's clients use one per thread instead, tasks/broker/control.py),
+        now and then one seen before. A name in use again
         must still exist (SQS refuses to re-create a name for 60 s after deleting it), so
         answered queues are kept, and only the least recently used beyond
         ``IDLE_REPLY_QUEUES``, idle for ``REPLY_QUEUE_IDLE_SECONDS``, are deleted.
