@@ -127,6 +127,20 @@ def test_flower_shows_workers_tasks_and_pipeline_metrics(flower, worker) -> None
     assert 'flower_events_total{task="tasks.mask_and_insert",type="task-succeeded"' in metrics
 
 
+def test_flower_refreshing_its_workers_reuses_its_reply_queues(flower, worker) -> None:
+    """Each refresh is an inspect round of several calls; kombu named a new SQS queue per
+    call (about 160 alive at once with a refresh every 3 s). One per Flower thread now."""
+
+    def reply_queues() -> set[str]:
+        return {q for q in queue_names() if q.endswith("-reply-celery-pidbox")}  # kombu's "." is "-" on SQS
+
+    before = reply_queues()
+    for _ in range(15):
+        assert api("/api/workers?refresh=1") is not None
+    made = reply_queues() - before
+    assert reply_queues() and len(made) <= 8, f"{len(made)} new reply queues in 15 refreshes, not one per thread"
+
+
 def test_flower_removes_its_event_queue_when_it_exits(flower) -> None:
     created = wait_until(lambda: {q for q in queue_names() if "celeryev" in q}, timeout=30, what="event queue")
     flower.terminate()
