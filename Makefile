@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml requirements-localstack.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
@@ -13,9 +13,10 @@ REDIS := /usr/bin/redis-server
 
 # LocalStack's venv (tasks/dev/localstack_venv.py, standard library only) is installed
 # beside the project's: a fresh clone waits for the two installs once, not one after the other.
+# A later change to its pins is installed by `stack up` (the same installer), not here.
 LOCALSTACK_VENV ?= $(or $(STACK_DIR),.stack)/localstack-venv
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml requirements-localstack.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PYTHON) tasks/dev/localstack_venv.py $(LOCALSTACK_VENV) & localstack=$$!; \
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt \

@@ -303,7 +303,7 @@ class Ledger:
         os.replace(partial, self.path)  # never half written
 
 
-def measured(ledger: Ledger, tree: Path, ids: list[str], target: Target, services: Services, variant: str) -> Tally:
+def measured(ledger: Ledger, tree: Path, ids: list[str], target: Target, services: Endpoints, variant: str) -> Tally:
     session = ids[0] if ids != target.ids else "file" if not target.tests else f"subset {digest(target.ids)}"
     tally = ledger.get(target, variant, session)
     if tally is None:
