@@ -19,9 +19,8 @@ from celery.signals import worker_init
 import celeryconfig as config
 from tasks.celery import app
 from tasks.pipeline.keys import MaskingKeyError
-from tasks.pipeline.records import SourceMessage
 from tasks.pipeline.retry import backoff, describe, is_transient
-from tasks.pipeline.service import give_up, load_masker, pipeline, write_batch
+from tasks.pipeline.service import give_up, load_masker, pipeline, read_args, write_batch
 
 
 @worker_init.connect
@@ -52,15 +51,15 @@ class BatchTask(Task):
 
 @app.task(bind=True, base=BatchTask, name="tasks.mask_and_insert", max_retries=config.BATCH_MAX_RETRIES)
 def mask_and_insert(self: Task, messages: list[list[Any]]) -> dict[str, Any]:
-    batch = [SourceMessage.from_args(m) for m in messages]
+    batch, refused = read_args(messages, self.request.id)
     pipe = pipeline()
     try:
-        return asdict(write_batch(pipe, batch, self.request.id))
+        return asdict(write_batch(pipe, batch, self.request.id, refused))
     except Exception as exc:
         reason = verdict(self, exc)
     # Outside the except block, so that nothing raised from here carries the original
     # exception, whose text could quote a value, as its context.
-    return {**asdict(give_up(pipe, batch, reason, self.request.id)), "gave_up": reason}
+    return {**asdict(give_up(pipe, batch, reason, self.request.id, refused)), "gave_up": reason}
 
 
 def verdict(task: Task, exc: Exception) -> str:

@@ -5,7 +5,8 @@ with several ReceiveMessage calls in flight until it holds a batch (BATCH_SIZE
 messages or BATCH_MAX_BYTES as the task message will carry them) or the queue is
 empty, hands the batch to a `mask_and_insert` task, and only once that publish
 succeeded deletes the batch's source messages (in the background, while the next
-batch is received). A message too large for any batch becomes a dead letter here.
+batch is received). A message too large for any batch, or one that cannot be a row as
+received (tasks.pipeline.source), becomes a dead letter here, with its reason.
 It goes on for up to FETCH_MAX_SECONDS; a fetch that dies leaves its messages to
 reappear after SOURCE_VISIBILITY_TIMEOUT.
 """
@@ -19,7 +20,7 @@ import celeryconfig as config
 from tasks.batch import mask_and_insert
 from tasks.celery import app
 from tasks.pipeline.batching import receive_batches
-from tasks.pipeline.service import dead_letter_too_large, source_queue
+from tasks.pipeline.service import dead_letter_set_apart, source_queue
 from tasks.pipeline.source import settle_deletes
 
 
@@ -33,9 +34,9 @@ def fetch_batches() -> dict[str, int]:
         for batch in receive_batches(
             source, config.BATCH_SIZE, config.BATCH_MAX_BYTES, deadline, config.FETCH_WAIT_SECONDS
         ):
-            if batch.too_large:
-                dead_letter_too_large(batch.too_large)
-                deletes += source.delete_later(batch.too_large)
+            if batch.set_apart:
+                dead_letter_set_apart(batch.set_apart)
+                deletes += source.delete_later(batch.set_apart)
             if batch.messages:
                 mask_and_insert.apply_async(([r.message.as_args() for r in batch.messages],))
                 deletes += source.delete_later(batch.messages)  # while the next batch is received

@@ -66,8 +66,12 @@ def queue_depth(name: str) -> dict[str, int]:
 
 
 def message_attribute(message: dict[str, Any], name: str) -> str | None:
-    """The string value of a received message's attribute, if it has one."""
-    return message.get("MessageAttributes", {}).get(name, {}).get("StringValue")
+    """The string value of a received message's attribute, if it has one (None for
+    anything else: a Binary attribute, or a shape SQS would not send)."""
+    attributes = message.get("MessageAttributes")
+    attribute = attributes.get(name) if isinstance(attributes, dict) else None
+    value = attribute.get("StringValue") if isinstance(attribute, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def chunks(items: list[Any], size: int = 10) -> list[list[Any]]:

@@ -8,6 +8,13 @@ rather than taken for a duplicate. A message SQS itself moved there (received to
 and never handed off) carries no signed id and goes back under its own MessageId.
 Dead letters whose body was withheld cannot be replayed and stay where they are.
 
+Each dead letter is read under its own handling, as the fetch reads a source message
+(tasks.pipeline.source): originals that are malformed or not signed for the body are
+ignored (the message goes back under its own id), and a message that cannot be
+replayed at all, or that SQS refuses to take back, stays in the dead-letter queue and
+is reported on a line of its own, naming the problem and never a value. The command
+moves everything else and exits 0.
+
 Batches (``--batches``, login-pipeline-batches-dlq -> login-pipeline-batches): a batch
 task that SQS moved aside after BATCH_QUEUE_MAX_RECEIVES receives goes back as the
 very task message it was; mask-and-insert is idempotent by message id.
@@ -20,13 +27,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 import celeryconfig as config
 from tasks.broker import aws
 from tasks.pipeline import store
-from tasks.pipeline.deadletter import TOO_LARGE_BODY, WITHHELD_BODY
+from tasks.pipeline.deadletter import TOO_LARGE_BODY, WITHHELD_BODY, calls
 from tasks.pipeline.keys import KeyRing
 from tasks.pipeline.records import SourceMessage
-from tasks.pipeline.source import identity, redrive_attributes
+from tasks.pipeline.retry import describe
+from tasks.pipeline.source import Unusable, identity, redrive_attributes
 
 MOVED_BY_SQS = "(no reason: moved by SQS after max receives)"
 
@@ -38,10 +48,12 @@ class RedriveReport:
     moved: int = 0
     kept: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"moved {self.moved} messages from {self.source} to {self.target}, kept {self.kept} (body withheld)"]
         lines += [f"  {count:>6}  {reason}" for reason, count in self.reasons.most_common()]
+        lines += [f"not moved: {problem}" for problem in self.problems]
         return "\n".join(lines)
 
 
@@ -89,27 +101,66 @@ def redrive(keys: KeyRing, limit: int | None = None, dry_run: bool = False) -> R
     try:
         for messages in _received(sqs, dlq, limit, 60 if dry_run else 30):
             report.reasons.update(aws.message_attribute(m, "reason") or MOVED_BY_SQS for m in messages)
-            replayable = [m for m in messages if m["Body"] not in (WITHHELD_BODY, TOO_LARGE_BODY)]
+            replayable = [m for m in messages if m.get("Body") not in (WITHHELD_BODY, TOO_LARGE_BODY)]
             report.kept += len(messages) - len(replayable)
             if dry_run:
                 looked_at += messages
             elif replayable:
-                report.moved += _move(sqs, conn, keys, source, dlq, replayable)
+                report.moved += _move(sqs, conn, keys, source, dlq, _originals(replayable, keys, report), report)
     finally:
         conn.close()
         _hand_back(sqs, dlq, looked_at)
     return report
 
 
-def _move(sqs: Any, conn: store.Connection, keys: KeyRing, source: str, dlq: str, messages: list[dict]) -> int:
-    originals = [SourceMessage(*identity(m, keys), m["Body"]) for m in messages]
+def _originals(messages: list[dict], keys: KeyRing, report: RedriveReport) -> list[tuple[dict, SourceMessage]]:
+    """Each dead letter with the message it goes back as; one that cannot go back is
+    reported and stays in the dead-letter queue."""
+    originals = []
+    for m in messages:
+        try:
+            if not isinstance(m.get("Body"), str):
+                raise Unusable("message body is not text")
+            originals.append((m, SourceMessage(*identity(m, keys), m["Body"])))
+        except Unusable as exc:
+            report.problems.append(str(exc))
+        except Exception as exc:
+            report.problems.append(f"message could not be read: {describe(exc)}")
+    return originals
+
+
+def _send(sqs: Any, url: str, entries: list[dict], report: RedriveReport) -> dict:
+    """SendMessageBatch in calls that fit SQS's limits; what SQS refused is reported."""
+    successful: list[dict] = []
+    for call in calls(entries):
+        try:
+            response = sqs.send_message_batch(QueueUrl=url, Entries=call)
+        except ClientError as exc:
+            report.problems += [f"SQS refused to take it back ({describe(exc)})"] * len(call)
+            continue
+        successful += response.get("Successful", [])
+        report.problems += [f"SQS refused to take it back ({f.get('Code', '?')})" for f in response.get("Failed", [])]
+    return {"Successful": successful}
+
+
+def _move(
+    sqs: Any,
+    conn: store.Connection,
+    keys: KeyRing,
+    source: str,
+    dlq: str,
+    pairs: list[tuple[dict, SourceMessage]],
+    report: RedriveReport,
+) -> int:
+    if not pairs:
+        return 0
     with conn, conn.cursor() as cur:
-        cur.execute("DELETE FROM dead_letters WHERE message_id = ANY(%s)", ([o.message_id for o in originals],))
+        cur.execute("DELETE FROM dead_letters WHERE message_id = ANY(%s)", ([o.message_id for _, o in pairs],))
     entries = [
         {"Id": str(i), "MessageBody": o.body, "MessageAttributes": redrive_attributes(o, keys)}
-        for i, o in enumerate(originals)
+        for i, (_, o) in enumerate(pairs)
     ]
-    return _delete_sent(sqs, dlq, messages, sqs.send_message_batch(QueueUrl=source, Entries=entries))
+    return _delete_sent(sqs, dlq, [m for m, _ in pairs], _send(sqs, source, entries, report))
 
 
 def redrive_batches(limit: int | None = None, dry_run: bool = False) -> RedriveReport:

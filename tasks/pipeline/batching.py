@@ -7,18 +7,20 @@ envelope in base64 again (the SQS transport's ``sqs_base64_encoding``): 16/9 of 
 arguments' JSON, plus the envelope's headers. A batch is therefore capped by the size of
 its messages as JSON (``wire_size``), never above ``MAX_BATCH_BYTES`` whatever
 BATCH_MAX_BYTES says. A single message too large for any batch is set apart, to become
-a dead letter with the reason ``too large``.
+a dead letter with the reason ``too large``, as is a message the source already set
+apart with its own reason (tasks.pipeline.source).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import monotonic
 
 from tasks.pipeline.source import Received, SourceQueue
 
+TOO_LARGE = "too large"
 SQS_MAX_MESSAGE_BYTES = 1_048_576
 ENVELOPE_ALLOWANCE = 8_192  # kombu's headers and properties (argsrepr, ids, routing), generously
 # The most JSON a batch may hold so that its task message fits SQS: 585,216 bytes.
@@ -32,23 +34,27 @@ def wire_size(received: Received) -> int:
 
 @dataclass
 class Batch:
-    """Messages to hand to one task, and those too large for any task."""
+    """Messages to hand to one task, and those set apart (each with its reason) to
+    become dead letters: too large for any task, or unusable as received."""
 
     messages: list[Received] = field(default_factory=list)
-    too_large: list[Received] = field(default_factory=list)
+    set_apart: list[Received] = field(default_factory=list)
 
 
 def cut_batch(pending: list[Received], size: int, max_bytes: int) -> tuple[Batch, list[Received]]:
     """The first messages that fit a batch, and the rest. A message larger than
-    `max_bytes` on its own is set apart as too large, never handed to a task."""
+    `max_bytes` on its own is set apart as too large, never handed to a task; one
+    that already carries a reason is set apart with it."""
     max_bytes = min(max_bytes, MAX_BATCH_BYTES)
     batch, total, taken = Batch(), 0, 0
     for received in pending:
         if len(batch.messages) == size:
             break
         bytes_ = wire_size(received)
-        if bytes_ > max_bytes:
-            batch.too_large.append(received)
+        if received.reason is not None:
+            batch.set_apart.append(received)
+        elif bytes_ > max_bytes:
+            batch.set_apart.append(replace(received, reason=TOO_LARGE))
         elif total + bytes_ > max_bytes:
             break
         else:

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 KEY_BYTES = 32
 DEVELOPMENT_PREFIX = b"login-pipeline-dev-key:"
 FINGERPRINT_FILE = "development-key.sha256"
+# What `sign` makes: a key version of at most nine digits, a colon, 64 lowercase hex digits.
+SIGNATURE_FORMAT = re.compile(r"[1-9][0-9]{0,8}:[0-9a-f]{64}")
 
 
 class MaskingKeyError(RuntimeError):
@@ -58,16 +61,22 @@ class KeyRing:
     def sign(self, text: str, purpose: str) -> str:
         """'version:hex' HMAC of `text` under the newest key's `purpose` key."""
         version = self.current_version
-        mac = hmac.new(self.derive(version, purpose), text.encode(), hashlib.sha256).hexdigest()
-        return f"{version}:{mac}"
+        return f"{version}:{self._mac(version, text, purpose)}"
 
-    def verify(self, text: str, signature: str, purpose: str) -> bool:
-        """Whether `signature` is `sign(text, purpose)` under any loaded key version."""
-        version, _, mac = signature.partition(":")
-        if not (version.isascii() and version.isdigit()) or int(version) not in self.keys:
+    def verify(self, text: str, signature: object, purpose: str) -> bool:
+        """Whether `signature` is `sign(text, purpose)` under any loaded key version.
+        Anything not in sign's format (SIGNATURE_FORMAT) is simply false, never an error."""
+        if not (isinstance(signature, str) and SIGNATURE_FORMAT.fullmatch(signature)):
             return False
-        expected = hmac.new(self.derive(int(version), purpose), text.encode(), hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, mac)
+        version, _, mac = signature.partition(":")
+        if int(version) not in self.keys:
+            return False
+        return hmac.compare_digest(self._mac(int(version), text, purpose).encode(), mac.encode())
+
+    def _mac(self, version: int, text: str, purpose: str) -> str:
+        # surrogatepass: a lone surrogate (which no UTF-8 codec takes) is signed, not an error
+        data = text.encode("utf-8", "surrogatepass")
+        return hmac.new(self.derive(version, purpose), data, hashlib.sha256).hexdigest()
 
     def key(self, version: int) -> bytes:
         try:

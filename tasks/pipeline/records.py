@@ -27,6 +27,8 @@ TEXT_LIMITS = {"user_id": 128, "device_type": 32, "locale": 32}
 # Masked fields: a bound in UTF-8 bytes, so that every token fits varchar(256).
 MASKED_BYTE_LIMITS = {"ip": 64, "device_id": 127}
 VERSION_LIMIT = 32
+MESSAGE_ID_LIMIT = 128  # user_logins.message_id
+MAX_SENT_AT_MS = 10**15 - 1  # 15 digits, as tasks.pipeline.source reads SentTimestamp
 # Fields where a JSON whole number has one meaning: its decimal text.
 NUMBERS_AS_TEXT = frozenset({"user_id", "app_version", "device_id"})
 
@@ -43,9 +45,20 @@ class SourceMessage:
         return [self.message_id, self.sent_at_ms, self.body]
 
     @classmethod
-    def from_args(cls, args: list[Any]) -> SourceMessage:
-        message_id, sent_at_ms, body = args
-        return cls(str(message_id), int(sent_at_ms), str(body))
+    def from_args(cls, args: object) -> SourceMessage:
+        """The message a task argument carries; Invalid unless it is exactly
+        [message_id, sent_at_ms, body] as `as_args` makes it."""
+        if isinstance(args, list | tuple) and len(args) == 3:
+            message_id, sent_at_ms, body = args
+            if (
+                isinstance(message_id, str)
+                and 0 < len(message_id) <= MESSAGE_ID_LIMIT
+                and type(sent_at_ms) is int
+                and 0 <= sent_at_ms <= MAX_SENT_AT_MS
+                and isinstance(body, str)
+            ):
+                return cls(message_id, sent_at_ms, body)
+        raise Invalid("batch entry is not [message_id, sent_at_ms, body]")
 
 
 @dataclass(frozen=True)

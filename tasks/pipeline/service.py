@@ -11,6 +11,7 @@ ledger like any dead letter.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from time import monotonic
@@ -27,7 +28,6 @@ from tasks.pipeline.retry import describe
 from tasks.pipeline.source import Received, SourceQueue
 
 log = logging.getLogger(__name__)
-TOO_LARGE = "too large"
 
 
 def load_key_ring_checked() -> KeyRing:
@@ -123,14 +123,31 @@ def prepare(messages: list[SourceMessage], masker: Masker) -> tuple[list[Prepare
     return ready, letters
 
 
-def write_batch(pipe: Pipeline, messages: list[SourceMessage], task_id: str | None) -> store.BatchCounts:
-    """Parse, mask and write a batch in one transaction; returns its counts.
+def read_args(entries: object, task_id: str | None) -> tuple[list[SourceMessage], list[DeadLetter]]:
+    """A batch task's argument, one entry at a time: its messages, and a dead letter for
+    each entry that is not one (named after the task and its place, with no body)."""
+    messages: list[SourceMessage] = []
+    refused: list[DeadLetter] = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        try:
+            messages.append(SourceMessage.from_args(entry))
+        except Invalid as exc:
+            refused.append(DeadLetter(SourceMessage(f"entry {index} of task {task_id}"[:128], 0, ""), str(exc)))
+    return messages, refused
+
+
+def write_batch(
+    pipe: Pipeline, messages: list[SourceMessage], task_id: str | None, unread: Sequence[DeadLetter] = ()
+) -> store.BatchCounts:
+    """Parse, mask and write a batch in one transaction; returns its counts. `unread`
+    are dead letters already decided (entries of the task that were no message).
 
     Duplicates are deliveries whose message was already a row or a dead letter
     (or came twice in this batch): received = inserted + dead_lettered + duplicates.
     """
     started = monotonic()
     ready, letters = prepare(messages, pipe.masker)
+    letters += unread
     by_id = {m.message_id: m for m in messages}
     conn = pipe.connection()
     try:
@@ -138,10 +155,11 @@ def write_batch(pipe: Pipeline, messages: list[SourceMessage], task_id: str | No
             inserted, refused = store.insert_isolating(cur, [p.row for p in ready])
             letters += [DeadLetter(by_id[row.message_id], reason) for row, reason in refused]
             new = _dead_letter(cur, letters)
+            received = len(messages) + len(unread)
             counts = store.BatchCounts(
-                received=len(messages),
+                received=received,
                 inserted=inserted,
-                duplicates=len(messages) - inserted - new,
+                duplicates=received - inserted - new,
                 dead_lettered=new,
                 non_address_ips=sum(not p.ip_is_address for p in ready),
             )
@@ -161,19 +179,23 @@ def _dead_letter(cur: store.Cursor, letters: list[DeadLetter]) -> int:
     return len(new)
 
 
-def give_up(pipe: Pipeline, messages: list[SourceMessage], reason: str, task_id: str | None) -> store.BatchCounts:
+def give_up(
+    pipe: Pipeline, messages: list[SourceMessage], reason: str, task_id: str | None, unread: Sequence[DeadLetter] = ()
+) -> store.BatchCounts:
     """Send a whole batch to the dead-letter path, noted in the ledger like any dead
-    letter. Where the database is the failure, the letters are sent all the same and
-    the ledger is left as it was (logged); if SQS refuses too, this raises and the
-    task's message stays for the batch queue's own redrive policy."""
+    letter (`unread` ones with their own reasons). Where the database is the failure,
+    the letters are sent all the same and the ledger is left as it was (logged); if SQS
+    refuses too, this raises and the task's message stays for the batch queue's own
+    redrive policy."""
     log.error("batch of %d messages dead-lettered: %s", len(messages), reason)
-    letters = [DeadLetter(m, reason) for m in messages]
-    counts = store.BatchCounts(received=len(messages), inserted=0, duplicates=0, dead_lettered=len(messages))
+    letters = [DeadLetter(m, reason) for m in messages] + list(unread)
+    total = len(letters)
+    counts = store.BatchCounts(received=total, inserted=0, duplicates=0, dead_lettered=total)
     try:
         conn = pipe.connection()
         with conn.cursor() as cur:
             new = _dead_letter(cur, letters)
-            counts = store.BatchCounts(len(messages), 0, len(messages) - new, new)
+            counts = store.BatchCounts(total, 0, total - new, new)
             store.record_batch(cur, task_id, counts, 0.0)
         conn.commit()
     except psycopg2.Error as exc:
@@ -186,6 +208,11 @@ def give_up(pipe: Pipeline, messages: list[SourceMessage], reason: str, task_id:
     return counts
 
 
-def dead_letter_too_large(received: list[Received]) -> None:
-    """Messages too large for any batch task: dead letters, straight from the fetch."""
-    give_up(pipeline(), [r.message for r in received], TOO_LARGE, None)
+def dead_letter_set_apart(received: list[Received]) -> None:
+    """Messages set apart by the fetch (too large for any batch task, or unusable as
+    received): dead letters straight from the fetch, each with its own reason."""
+    by_reason: dict[str, list[SourceMessage]] = {}
+    for r in received:
+        by_reason.setdefault(r.reason or "set apart", []).append(r.message)
+    for reason, messages in by_reason.items():
+        give_up(pipeline(), messages, reason, None)

@@ -8,6 +8,21 @@ dead letter keeps its original id and SentTimestamp in the ``source_message_id``
 that the pipeline sets: an HMAC of the id, the time and the body's SHA-256, under a key
 derived from the masking key ring. A producer can neither choose an id (and so suppress
 a genuine event's row) nor move a genuine signature onto a body of its own.
+
+Every step that reads a received message runs under that message's own handling, so a
+message, however odd, costs itself alone and never its batchmates:
+
+- Signed originals are used only when all three are well formed (an id of 1 to 128
+  characters, a time of 1 to 15 ASCII digits, a signature in `KeyRing.sign`'s format)
+  and the signature holds for this body. Otherwise, for whatever reason, the message
+  keeps its own MessageId and SentTimestamp and is processed like any new message: a
+  forger gains nothing, and no attribute's value is parsed unbounded or quoted.
+- A message whose own fields are unusable (no SentTimestamp of 1 to 15 digits, a body
+  that is not text) is set apart with a reason (`Received.reason`) and becomes a dead
+  letter from the fetch, like a message too large for any batch.
+- A message without a MessageId or ReceiptHandle SQS would never send; it is logged
+  (no values) and left alone, so the queue's redrive policy moves it to the
+  dead-letter queue after its receives run out.
 """
 
 from __future__ import annotations
@@ -44,25 +59,71 @@ def redrive_attributes(message: SourceMessage, keys: KeyRing) -> dict[str, dict[
     }
 
 
+MAX_ID_CHARS = 128  # user_logins.message_id is varchar(128)
+MAX_TIME_DIGITS = 15  # epoch milliseconds up to the year 33658; int() never sees more
+
+
+class Unusable(ValueError):
+    """A received message that cannot be a row as it is; the reason quotes no value."""
+
+
+def _text_field(value: object, limit: int) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+
+def epoch_ms(value: object) -> int | None:
+    """A time in epoch milliseconds from text of 1 to MAX_TIME_DIGITS ASCII digits, else None."""
+    text = _text_field(value, MAX_TIME_DIGITS)
+    if text is None or not (text.isascii() and text.isdigit()) or int(text) == 0:
+        return None
+    return int(text)
+
+
+def _own(raw: dict) -> tuple[str, int]:
+    """A message's own MessageId and SentTimestamp; Unusable if SQS gave none usable."""
+    message_id = _text_field(raw.get("MessageId"), MAX_ID_CHARS)
+    if message_id is None:
+        raise Unusable("message has no usable MessageId")
+    attributes = raw.get("Attributes")
+    sent = epoch_ms(attributes.get("SentTimestamp") if isinstance(attributes, dict) else None)
+    if sent is None:
+        raise Unusable("message has no usable SentTimestamp")
+    return message_id, sent
+
+
+def _signed_originals(raw: dict, keys: KeyRing) -> tuple[str, int] | None:
+    """The original id and time a message carries, if well formed and signed for its body."""
+    original, sent, signature = (aws.message_attribute(raw, name) for name in ORIGINAL_ATTRIBUTES)
+    if signature is None and original is None and sent is None:
+        return None
+    claimed_id, claimed_sent, body = _text_field(original, MAX_ID_CHARS), epoch_ms(sent), raw.get("Body")
+    if claimed_id is None or claimed_sent is None or not isinstance(body, str):
+        return _distrusted()
+    if not keys.verify(_signed_text(claimed_id, claimed_sent, body), signature, SIGNING_PURPOSE):
+        return _distrusted()
+    return claimed_id, claimed_sent
+
+
+def _distrusted() -> tuple[str, int] | None:
+    log.warning("a message carried original ids that are malformed or not signed for it; it keeps its own")
+    return None
+
+
 def identity(raw: dict, keys: KeyRing) -> tuple[str, int]:
     """A received message's idempotency key and send time: the signed originals where
-    their signature holds for this body, else its own MessageId and SentTimestamp."""
-    own = (raw["MessageId"], int(raw.get("Attributes", {}).get("SentTimestamp", 0)))
-    original, sent, signature = (aws.message_attribute(raw, name) for name in ORIGINAL_ATTRIBUTES)
-    if not signature:
-        return own
-    if original and sent and sent.isascii() and sent.isdigit():
-        claimed = (original, int(sent))
-        if keys.verify(_signed_text(*claimed, raw["Body"]), signature, SIGNING_PURPOSE):
-            return claimed
-    log.warning("a message carried an original id whose signature does not hold; it keeps its own id")
-    return own
+    they are well formed and their signature holds for this body, else its own
+    MessageId and SentTimestamp. Unusable if it has no usable own ones."""
+    own = _own(raw)
+    return _signed_originals(raw, keys) or own
 
 
 @dataclass(frozen=True)
 class Received:
+    """A received message; `reason` says why it is set apart to be a dead letter."""
+
     message: SourceMessage
     receipt_handle: str
+    reason: str | None = None
 
 
 @cache
@@ -70,9 +131,35 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqs")
 
 
-def _received(raw: dict, keys: KeyRing) -> Received:
-    message_id, sent_at_ms = identity(raw, keys)
-    return Received(SourceMessage(message_id, sent_at_ms, raw["Body"]), raw["ReceiptHandle"])
+def _received(raw: object, keys: KeyRing) -> Received | None:
+    """One message of a ReceiveMessage response, under its own handling: a Received
+    (set apart with a reason if it cannot be a row), or None if it cannot even be
+    deleted or named (logged, left to the queue's redrive policy). Never raises."""
+    receipt = raw.get("ReceiptHandle") if isinstance(raw, dict) else None
+    message_id = _text_field(raw.get("MessageId"), MAX_ID_CHARS) if isinstance(raw, dict) else None
+    if not (isinstance(raw, dict) and isinstance(receipt, str) and receipt and message_id):
+        log.warning("a received message has no usable MessageId or ReceiptHandle; left to the redrive policy")
+        return None
+    body = raw.get("Body")
+    text = body if isinstance(body, str) else ""
+    try:
+        if not isinstance(body, str):
+            raise Unusable("message body is not text")
+        message_id, sent_at_ms = identity(raw, keys)
+        return Received(SourceMessage(message_id, sent_at_ms, text), receipt)
+    except Unusable as exc:
+        return Received(SourceMessage(message_id, 0, text), receipt, str(exc))
+    except Exception as exc:  # a message no rule foresaw: it alone is set apart
+        reason = f"message could not be read: {type(exc).__name__}"
+        return Received(SourceMessage(message_id, 0, text), receipt, reason)
+
+
+def received_messages(response: object, keys: KeyRing) -> list[Received]:
+    """The messages of a ReceiveMessage response, each read under its own handling."""
+    messages = response.get("Messages") if isinstance(response, dict) else None
+    if not isinstance(messages, list):
+        return []
+    return [r for r in (_received(raw, keys) for raw in messages) if r is not None]
 
 
 class SourceQueue:
@@ -92,7 +179,7 @@ class SourceQueue:
             MessageSystemAttributeNames=["SentTimestamp"],
             MessageAttributeNames=ORIGINAL_ATTRIBUTES,
         )
-        return [_received(raw, self.keys) for raw in response.get("Messages", [])]
+        return received_messages(response, self.keys)
 
     def receive_up_to(self, count: int, wait: int = 0) -> list[Received]:
         """Up to `count` messages, with several ReceiveMessage calls in flight."""

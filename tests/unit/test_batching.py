@@ -41,14 +41,21 @@ def test_a_batch_is_cut_by_the_bytes_kombu_sends() -> None:
     body = json.dumps({"user_id": "é" * 1000})
     pending = [received(n, body) for n in range(10)]
     batch, rest = cut_batch(pending, size=500, max_bytes=3 * wire_size(pending[0]))
-    assert len(batch.messages) == 3 and len(rest) == 7 and not batch.too_large
+    assert len(batch.messages) == 3 and len(rest) == 7 and not batch.set_apart
 
 
 def test_a_message_too_large_for_any_batch_is_set_apart_and_its_neighbours_go_on() -> None:
     pending = [received(0), received(1, "é" * 200_000), received(2)]
     batch, rest = cut_batch(pending, size=500, max_bytes=600_000)
     assert [r.message.message_id for r in batch.messages] == ["m-0", "m-2"]
-    assert [r.message.message_id for r in batch.too_large] == ["m-1"] and rest == []
+    assert [(r.message.message_id, r.reason) for r in batch.set_apart] == [("m-1", "too large")] and rest == []
+
+
+def test_a_message_the_source_set_apart_keeps_its_reason_and_its_neighbours_go_on() -> None:
+    unusable = Received(SourceMessage("m-1", 0, ""), "r-1", "message body is not text")
+    batch, rest = cut_batch([received(0), unusable, received(2)], size=500, max_bytes=600_000)
+    assert [r.message.message_id for r in batch.messages] == ["m-0", "m-2"]
+    assert batch.set_apart == [unusable] and rest == []
 
 
 def test_receive_batches_drains_a_source_in_batches_and_long_polls_only_first() -> None:
@@ -66,7 +73,7 @@ def test_receive_batches_stops_receiving_after_the_deadline_and_hands_out_what_i
 
 def test_an_empty_source_gives_no_batch() -> None:
     assert list(receive_batches(FakeSource([]), 10, 10**6, time.monotonic() + 60)) == []  # type: ignore[arg-type]
-    assert Batch().messages == [] and Batch().too_large == []
+    assert Batch().messages == [] and Batch().set_apart == []
 
 
 def test_a_full_batch_fits_sqs_after_kombus_two_base64_layers() -> None:
