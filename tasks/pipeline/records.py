@@ -1,13 +1,23 @@
 """Parse and validate: a source message becomes a LoginEvent or a DeadLetter.
 
 A source message is the SQS message id, its SentTimestamp and its raw body. The body
-must be a JSON object with a non-empty ``user_id``; the other known fields may be
-strings or null or missing (a null column). A value of another JSON type is taken when
-its meaning is unambiguous: a whole number in ``user_id``, ``app_version`` or
-``device_id`` is its decimal text (``2`` is ``"2"``). Anything else is refused: a
-fraction (``2.30`` as a version is 2.3 or 2.30?), a boolean, a list or an object, or a
-number where an address is expected. ``app_version`` must be encodable
-(tasks.versions). Unknown keys are ignored. Text must fit its column (masked fields: a
+must be a JSON object with a non-empty ``user_id``, and no key twice at any depth (an
+ambiguous record: which ``ip`` is meant?). The other known fields may be strings or
+null or missing (a null column). A value of another JSON type is taken when its
+meaning is unambiguous: a whole number written in plain digits in ``user_id``,
+``app_version`` or ``device_id`` is its decimal text (``2`` is ``"2"``). Anything
+else is refused, each with its own reason: a fraction (``2.30`` as a version is 2.3
+or 2.30?), exponent notation (``1e2``), a number out of range (``1e400``, or more than
+MAX_NUMBER_DIGITS digits), NaN or Infinity (not a finite number), a boolean, a list
+or an object, or a number where an address is expected. ``app_version`` must be
+encodable (tasks.versions). Unknown keys are ignored.
+
+Text is NFC-normalised, so one user id typed in composed or decomposed form is one
+user. A field stored as given (``user_id``, ``device_type``, ``locale``) may hold no
+control character (Unicode category Cc) and no bidirectional formatting character
+(U+202A..U+202E, U+2066..U+2069, U+200E, U+200F, U+061C), which would make a value
+display as another; the masked fields are normalised again by tasks.masking and
+stored only as tokens. Text must fit its column once normalised (masked fields: a
 bound in UTF-8 bytes, so every token fits varchar(256)) and carry no NUL byte.
 Anything else is a DeadLetter with a reason that names the field but never its value,
 since values may be personal data.
@@ -16,6 +26,8 @@ since values may be personal data.
 from __future__ import annotations
 
 import json
+import math
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -31,6 +43,11 @@ MESSAGE_ID_LIMIT = 128  # user_logins.message_id
 MAX_SENT_AT_MS = 10**15 - 1  # 15 digits, as tasks.pipeline.source reads SentTimestamp
 # Fields where a JSON whole number has one meaning: its decimal text.
 NUMBERS_AS_TEXT = frozenset({"user_id", "app_version", "device_id"})
+KNOWN_FIELDS = frozenset({"user_id", "app_version", "device_type", "ip", "locale", "device_id"})
+STORED_AS_GIVEN = frozenset(TEXT_LIMITS)
+# Wider than any column: a longer whole number is refused before int() reads it.
+MAX_NUMBER_DIGITS = 128
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -87,14 +104,47 @@ class Invalid(ValueError):
     """A record that breaks the contract above."""
 
 
+@dataclass(frozen=True)
+class RefusedNumber:
+    """A JSON number that is text in no field: why, as the end of a reason."""
+
+    why: str
+
+
+def _float(text: str) -> RefusedNumber:
+    if math.isinf(float(text)):
+        return RefusedNumber("a number out of range")
+    if "e" in text or "E" in text:
+        return RefusedNumber("a number in exponent notation; send it as text")
+    return RefusedNumber("a number with a fraction; send it as text")
+
+
+def _int(text: str) -> int | RefusedNumber:
+    digits = len(text.lstrip("-"))
+    return RefusedNumber("a number out of range") if digits > MAX_NUMBER_DIGITS else int(text)
+
+
+def _constant(_: str) -> RefusedNumber:
+    return RefusedNumber("not a finite number")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise Invalid(f"body has the key {key} twice" if key in KNOWN_FIELDS else "body has a key twice")
+        record[key] = value
+    return record
+
+
 def _as_text(field: str, value: object) -> str:
     """A JSON value as text where that is unambiguous, else Invalid with the reason."""
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and field in NUMBERS_AS_TEXT:
         return str(value)
-    if isinstance(value, float) and field in NUMBERS_AS_TEXT:
-        raise Invalid(f"{field} is a number with a fraction; send it as text")
+    if isinstance(value, RefusedNumber) and field in NUMBERS_AS_TEXT:
+        raise Invalid(f"{field} is {value.why}")
     raise Invalid(f"{field} is not a string")
 
 
@@ -106,18 +156,33 @@ def _text(record: dict[str, Any], field: str, limit: int, unit: str = "character
     if "\x00" in value:
         raise Invalid(f"{field} contains a NUL byte")
     try:
-        encoded = value.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: no UTF-8, so no COPY either
         raise Invalid(f"{field} is not valid Unicode text") from None
-    size = len(encoded) if unit == "bytes" else len(value)
+    value = unicodedata.normalize("NFC", value)
+    if field in STORED_AS_GIVEN and any(_is_control(ch) for ch in value):
+        raise Invalid(f"{field} contains a control or bidirectional formatting character")
+    size = len(value.encode("utf-8")) if unit == "bytes" else len(value)
     if size > limit:
         raise Invalid(f"{field} is longer than {limit} {unit}")
     return value
 
 
+def _is_control(ch: str) -> bool:
+    return ch in BIDI_CONTROLS or unicodedata.category(ch) == "Cc"
+
+
 def _load_object(body: str) -> dict[str, Any]:
     try:
-        record = json.loads(body)
+        record = json.loads(
+            body,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_float=_float,
+            parse_int=_int,
+            parse_constant=_constant,
+        )
+    except Invalid:
+        raise
     except (ValueError, RecursionError):
         raise Invalid("body is not JSON") from None
     if not isinstance(record, dict):

@@ -69,11 +69,36 @@ def test_an_event_keeps_its_fields_and_the_sent_date() -> None:
         ('{"user_id": "u", "locale": "a\\u0000b"}', "locale contains a NUL byte"),
         ('{"user_id": "u", "device_type": "%s"}' % ("x" * 33), "device_type is longer than 32 characters"),
         ('{"user_id": "u", "device_id": "\\ud800"}', "device_id is not valid Unicode text"),
+        ('{"user_id": "u", "ip": "1.1.1.1", "ip": "2.2.2.2"}', "body has the key ip twice"),
+        ('{"user_id": "u", "user_id": "v"}', "body has the key user_id twice"),
+        ('{"user_id": "u", "1.1.1.1": 1, "1.1.1.1": 2}', "body has a key twice"),
+        ('{"user_id": "u", "other": {"a": 1, "a": 2}}', "body has a key twice"),
+        ('{"user_id": "u", "app_version": 1e2}', "app_version is a number in exponent notation; send it as text"),
+        ('{"user_id": "u", "app_version": NaN}', "app_version is not a finite number"),
+        ('{"user_id": "u", "app_version": -Infinity}', "app_version is not a finite number"),
+        ('{"user_id": "u", "app_version": 1e400}', "app_version is a number out of range"),
+        ('{"user_id": %s}' % ("9" * 5000), "user_id is a number out of range"),
+        ('{"user_id": "u", "ip": 1e2}', "ip is not a string"),
+        ('{"user_id": "admin\\u202egpj.exe"}', "user_id contains a control or bidirectional formatting character"),
+        ('{"user_id": "u", "locale": "RU\\n"}', "locale contains a control or bidirectional formatting character"),
+        ('{"user_id": "u\\u2066"}', "user_id contains a control or bidirectional formatting character"),
     ],
 )
 def test_bad_records_get_a_reason_that_shows_no_value(body: str, reason: str) -> None:
     events, dead = parse_batch([message(body)])
     assert events == [] and [d.reason for d in dead] == [reason]
+
+
+def test_text_is_nfc_so_composed_and_decomposed_forms_are_one_user() -> None:
+    composed, decomposed = (
+        parse_event(message('{"user_id": "jos\\u00e9"}')),
+        parse_event(message('{"user_id": "jose\\u0301"}')),
+    )
+    assert composed.user_id == decomposed.user_id == "jos\u00e9"
+
+
+def test_a_masked_field_may_carry_a_control_character_it_is_only_a_token() -> None:
+    assert parse_event(message('{"user_id": "u", "device_id": "d\\u202e1"}')).device_id == "d\u202e1"
 
 
 def test_unambiguous_numbers_are_their_decimal_text() -> None:
