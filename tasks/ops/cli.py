@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -227,6 +228,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_status)
     return p
+
+
+@dataclass(frozen=True)
+class CommandWords:
+    """What a subcommand takes: its --options, and the choices of its first positional
+    argument (`stack up`), if it has any."""
+
+    options: frozenset[str]
+    choices: frozenset[str]
+
+
+def commands() -> dict[str, CommandWords]:
+    """Every subcommand of `python -m tasks` and the words it takes, from the parser
+    itself: what README and docs may name (tests/unit/test_docs_cli.py)."""
+    found: dict[str, CommandWords] = {}
+    for action in parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                options = {o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+                positional = [a for a in sub._actions if not a.option_strings and a.choices]
+                choices = {str(c) for c in positional[0].choices} if positional else set()
+                found[name] = CommandWords(frozenset(options), frozenset(choices))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,3 +159,11 @@ def test_any_json_object_is_an_event_or_a_dead_letter(record: dict) -> None:
     assert len(events) + len(dead) == 1
     if events:
         assert isinstance(events[0].row.user_id, str) and events[0].row.user_id.strip()
+
+
+@pytest.mark.parametrize("ip", ["\u0663.1.1.1", "198.51.100.7\u00b2", "not-an-address"])
+def test_an_ip_that_is_no_address_is_a_row_masked_as_given_and_counted_not_a_dead_letter(ip: str) -> None:
+    """The one rule README, docs/privacy.md and docs/decisions.md state."""
+    ready, dead = parse_batch([message(json.dumps({"user_id": "u", "ip": ip}))])
+    assert dead == [] and [p.ip_is_address for p in ready] == [False]
+    assert ready[0].row.masked_ip.startswith("h1:")
