@@ -204,3 +204,18 @@ def test_no_message_escapes_its_own_handling_from_receive_to_prepare(messages: l
     assert refused == [] and len(batch_messages) == len(handed)
     ready, letters = prepare(batch_messages, MASKER)
     assert len(ready) + len(letters) == len(handed)
+
+
+def test_redrive_reads_each_dead_letter_under_its_own_handling() -> None:
+    from tasks.ops.redrive import RedriveReport, _originals
+
+    letters = [raw(f"crafted-{name}", attributes=attributes) for name, attributes in CRAFTED.items()]
+    letters += [raw("not-text", body=None), raw("no-time", sent="9" * 5000)]
+    report = RedriveReport("login-queue-dlq", "login-queue")
+    originals = _originals(letters, KEYS, report)
+    assert [o.message_id for _, o in originals] == [f"crafted-{name}" for name in CRAFTED]
+    assert report.problems == ["message body is not text", "message has no usable SentTimestamp"]
+    assert str(report).splitlines()[-2:] == [
+        "not moved: message body is not text",
+        "not moved: message has no usable SentTimestamp",
+    ]
