@@ -10,7 +10,7 @@ import pytest
 import celeryconfig as config
 from tasks.broker import aws
 from tasks.dev import seed
-from tests.helpers import dead_letters, drained, send_with_ids
+from tests.helpers import dead_letters, drained, python_m_tasks, send_with_ids
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -118,3 +118,65 @@ def test_a_batch_given_up_whole_is_in_the_ledger_and_the_metrics(db, database_ur
     metrics = {m.name: m.samples[0].value for m in PipelineCollector().collect()}
     assert metrics["login_pipeline_dead_lettered"] == 3
     assert len(dead_letters()) == 3
+
+
+def _string_attributes(**values: str) -> dict[str, dict[str, str]]:
+    return {name: {"DataType": "String", "StringValue": value} for name, value in values.items()}
+
+
+# Originals no signature holds for: each used to raise out of the fetch's reading of its
+# batch (issue 18), so that no batchmate was written.
+CRAFTED_ORIGINALS = [
+    _string_attributes(source_message_id="x", source_sent_timestamp="1", source_message_signature="1:\u00e9"),
+    _string_attributes(
+        source_message_id="x", source_sent_timestamp="9" * 5000, source_message_signature="1:" + "0" * 64
+    ),
+    _string_attributes(
+        source_message_id="x", source_sent_timestamp="1", source_message_signature="9" * 5000 + ":" + "0" * 64
+    ),
+    {"source_message_signature": {"DataType": "Binary", "BinaryValue": b"\xff\x00"}},
+    _string_attributes(source_message_id="\u0661", source_sent_timestamp="\u0661", source_message_signature="1"),
+]
+
+
+def _send_crafted(queue: str, good: list[str], crafted: list[str]) -> dict[str, str]:
+    """One SendMessageBatch: good bodies, and crafted originals on bodies of their own,
+    interleaved; returns SQS's MessageId of each crafted message -> its body."""
+    entries = [{"Id": f"good-{i}", "MessageBody": body} for i, body in enumerate(good)]
+    for i, (body, attributes) in enumerate(zip(crafted, CRAFTED_ORIGINALS, strict=True)):
+        entries.insert(2 * i + 1, {"Id": f"crafted-{i}", "MessageBody": body, "MessageAttributes": attributes})
+    response = aws.client("sqs").send_message_batch(QueueUrl=aws.queue_url(queue), Entries=entries)
+    assert not response.get("Failed")
+    return {e["MessageId"]: crafted[int(e["Id"].split("-")[1])] for e in response["Successful"] if "crafted" in e["Id"]}
+
+
+def test_crafted_originals_cost_their_batchmates_nothing(worker, db) -> None:
+    """The good batchmates are rows before any message could come back (the source
+    visibility timeout); each crafted message keeps its own SQS id: a row if its body
+    is good, a dead letter with its body's reason if not."""
+    good = [b for b, valid in seed.generate(12) if valid][:5]
+    crafted = [json.dumps({"user_id": f"crafted-{i}", "ip": "10.9.9.9"}) for i in range(4)] + ["{not json"]
+    own_ids = _send_crafted(config.SOURCE_QUEUE, good, crafted)
+    totals = drained(db, 10, timeout=config.SOURCE_VISIBILITY_TIMEOUT)
+    assert (totals["rows"], totals["dead_letters"], totals["duplicates"]) == (9, 1, 0)
+    with db.cursor() as cur:
+        cur.execute("SELECT message_id FROM user_logins WHERE user_id LIKE 'crafted-%'")
+        assert {r[0] for r in cur.fetchall()} == {i for i, body in own_ids.items() if body != "{not json"}
+    db.rollback()
+    [letter] = dead_letters()
+    assert letter["MessageAttributes"]["reason"]["StringValue"] == "body is not JSON"
+
+
+def test_redrive_moves_crafted_dead_letters_under_their_own_ids_and_exits_0(worker, db) -> None:
+    good = [b for b, valid in seed.generate(12) if valid][:5]
+    crafted = [json.dumps({"user_id": f"crafted-{i}", "ip": "10.9.9.9"}) for i in range(5)]
+    own_ids = _send_crafted(config.DEAD_LETTER_QUEUE, good, crafted)
+    result = python_m_tasks("redrive", timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines()[0].startswith("moved 10 messages"), result.stdout
+    totals = drained(db, 10)
+    assert (totals["rows"], totals["dead_letters"]) == (10, 0)
+    with db.cursor() as cur:
+        cur.execute("SELECT message_id FROM user_logins WHERE user_id LIKE 'crafted-%'")
+        assert {r[0] for r in cur.fetchall()} == set(own_ids)
+    db.rollback()
