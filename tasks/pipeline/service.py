@@ -2,10 +2,11 @@
 
 Every step that looks at one record (parse, validate, normalise, mask, encode for
 COPY) runs under that record's own handling (`prepare`): whatever it raises makes that
-record a dead letter with a reason, and its neighbours still become rows. The batch is
-then written in one transaction (tasks.pipeline.store). A batch given up whole (a
-permanent error, or its retries exhausted) goes to the dead-letter path and into the
-ledger like any dead letter.
+record a dead letter with a reason, and its neighbours still become rows. Reading the
+task's argument is one entry at a time too (`read_args`): an entry that is not a
+message is a dead letter of its own. The batch is then written in one transaction
+(tasks.pipeline.store). A batch given up whole (a permanent error, or its retries
+exhausted) goes to the dead-letter path and into the ledger like any dead letter.
 """
 
 from __future__ import annotations
