@@ -7,6 +7,8 @@ kombu event loop, like the real clients.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -56,6 +58,43 @@ def test_the_cli_gets_its_reply_and_leaves_no_reply_queue(worker) -> None:
     )
     assert result.returncode == 0 and "pong" in result.stdout, result.stderr
     assert {q for q in queue_names() if "reply" in q} == before
+
+
+def inspect_ping(node: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`celery -A tasks inspect ping` of one node, as an operator runs it."""
+    command = [sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "-d", node, "--timeout", str(timeout)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_late_replies_to_clients_that_gave_up_leave_no_queue(test_stack) -> None:
+    """The stopped-worker recipe: three clients time out while the worker is stopped and
+    exit; resumed, the worker answers all three. No reply queue may be left."""
+    from tests.helpers import Worker
+
+    worker = Worker(f"late-{time.monotonic_ns()}")
+    try:
+        assert "pong" in inspect_ping(worker.node, 10).stdout  # its pidbox is consumed
+        before = {q for q in queue_names() if "reply" in q}
+        os.kill(worker.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                gave_up = inspect_ping(worker.node, 1)
+                assert "No nodes replied" in gave_up.stdout + gave_up.stderr, gave_up.stdout
+        finally:
+            os.kill(worker.process.pid, signal.SIGCONT)
+        pidbox = next(
+            q for q in queue_names() if q.startswith(f"{config.CELERY_QUEUE_PREFIX}{worker.name}") and "pidbox" in q
+        )
+
+        def answered_the_backlog() -> bool:
+            depth = aws.queue_depth(pidbox)  # the three pings received (and deleted: no-ack) ...
+            return depth == {"visible": 0, "in_flight": 0} and "pong" in inspect_ping(worker.node, 5).stdout
+
+        wait_until(answered_the_backlog, timeout=60, poll=0.5, what="the worker to answer its backlog")
+        # ... and answered: one loop handles the pidbox's messages in turn, the later ping last
+        assert {q for q in queue_names() if "reply" in q} == before
+    finally:
+        worker.kill()
 
 
 def test_a_reply_with_no_local_binding_reaches_the_queue_named_after_its_routing_key() -> None:

@@ -14,6 +14,14 @@ box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
    that waits for it. A reply for which no local binding matches its routing key is
    delivered to the queue kombu names after the routing key
    (``<routing_key>.<exchange>``), also where other reply bindings are known locally.
+   A reply is sent only to a reply queue that exists: its client declared it before
+   it asked. kombu's ``_put`` would create a missing one, and a reply that came after
+   its client had given up and deleted its queue (a worker stopped for a while, then
+   answering a backlog of ``inspect`` calls) made a queue that nobody would ever read
+   or delete. The queue's URL is looked up without creating it (the transport's cache,
+   else ``GetQueueUrl``); a queue that does not exist, also one whose URL the cache
+   still holds though it was deleted since, means the client has gone, and the reply is
+   dropped (logged at INFO, with the queue's name).
 4. No-ack messages (pidbox, events) are deleted with the asynchronous client, which
    needs the event loop. kombu hands every channel the process-wide loop, so a client
    channel on another thread (`celery inspect`, Flower, a test) would use the worker's
@@ -47,11 +55,12 @@ process exits are closed then. A process killed outright
 leaves its queues to `python -m tasks stack sweep`.
 
 kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
-against the installed kombu): ``Channel._lookup``, ``Channel._delete_message``,
+against the installed kombu): ``Channel._lookup``, ``Channel._put``, ``Channel._delete_message``,
 ``Channel._on_messages_ready``, ``Channel._release_messages``, ``Channel._loop1``,
 ``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
-``Channel.after_reply_message_received``, ``Channel._queue_cache`` (the transport's map
-of queue names to URLs), ``Channel.state.queue_bindings`` and
+``Channel.after_reply_message_received``, ``Channel.canonical_queue_name``,
+``Channel._queue_cache`` (the transport's map of SQS queue names to URLs; kombu's own
+``_delete`` forgets a deleted queue under its unprefixed name, so the URL stayed), ``Channel.state.queue_bindings`` and
 ``queue_bindings_delete``, ``Transport.register_with_event_loop``. Options read:
 ``fanout_exchanges`` (default ``["celeryev"]``), ``supports_fanout``, ``client-config``.
 """
@@ -65,6 +74,7 @@ import time
 import weakref
 from typing import Any
 
+from botocore.exceptions import ClientError
 from kombu.transport import SQS
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,8 @@ REPLY_EXCHANGE_SUFFIX = ".pidbox"
 # (tasks/broker/control.py), and a Flower's executor has at most 32 threads.
 IDLE_REPLY_QUEUES = 32
 REPLY_QUEUE_IDLE_SECONDS = 120.0
+# SQS's error codes for a queue that does not exist (query protocol, JSON protocol).
+QUEUE_GONE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _open_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 # The thread each event loop (kombu Hub) runs on, as registered by Celery's consumer.
 _hub_threads: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -89,6 +101,15 @@ def _close_open_channels() -> None:
 
 def is_reply_exchange(exchange: str | None) -> bool:
     return exchange is not None and exchange.startswith("reply.") and exchange.endswith(REPLY_EXCHANGE_SUFFIX)
+
+
+def is_reply_queue(queue: str) -> bool:
+    """A client's reply queue: ``<oid>.<reply exchange>``, as kombu's pidbox names it."""
+    return is_reply_exchange(queue.partition(".")[2])
+
+
+def queue_is_gone(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in QUEUE_GONE
 
 
 class Channel(SQS.Channel):
@@ -127,6 +148,21 @@ class Channel(SQS.Channel):
             bound = [queue for key, _, queue in self.get_table(exchange) if key == routing_key]
             return bound or [f"{routing_key}.{exchange}"]  # the waiting client bound it, not us
         return super()._lookup(exchange, routing_key, default)
+
+    def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
+        """Send a message; a reply only to a reply queue that still exists (point 3)."""
+        if not is_reply_queue(queue):
+            return super()._put(queue, message, **kwargs)
+        name = self.canonical_queue_name(queue)
+        try:
+            if name not in self._queue_cache:  # so that kombu's _put finds it and creates nothing
+                self._queue_cache[name] = self.sqs(queue=name).get_queue_url(QueueName=name)["QueueUrl"]
+            super()._put(queue, message, **kwargs)
+        except ClientError as exc:
+            if not queue_is_gone(exc):
+                raise
+            self._queue_cache.pop(name, None)
+            log.info("reply dropped: its client has gone (queue %s no longer exists)", name)
 
     def _delete_message(self, queue_name: str, message: dict) -> None:
         if self.hub is not None:
@@ -188,7 +224,6 @@ class Channel(SQS.Channel):
             del self._answered[queue]
             self._own_queues.discard(queue)
             self._delete_own_queue(queue)
-            self._queue_cache.pop(queue, None)  # a later declare must not find a dead URL
 
     def close(self) -> None:
         _open_channels.discard(self)
@@ -205,6 +240,8 @@ class Channel(SQS.Channel):
             self.state.queue_bindings_delete(queue)
         except Exception as exc:  # best effort: the broker may be gone already
             log.debug("could not delete queue %s: %r", queue, exc)
+        finally:  # a later declare must not find a dead URL, nor a reply be sent to one
+            self._queue_cache.pop(self.canonical_queue_name(queue), None)
 
 
 class Transport(SQS.Transport):

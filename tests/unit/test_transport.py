@@ -9,16 +9,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from kombu.asynchronous import Hub
 from kombu.transport import SQS
 from kombu.transport.virtual.base import BrokerState
 
 from tasks.broker import transport
-from tasks.broker.transport import Channel, is_reply_exchange
+from tasks.broker.transport import Channel, is_reply_exchange, is_reply_queue
 
 # What the transport overrides or calls in kombu, and the parameters it passes.
 KOMBU_INTERNALS = {
     (SQS.Channel, "_lookup"): ["self", "exchange", "routing_key", "default"],
+    (SQS.Channel, "_put"): ["self", "queue", "message", "kwargs"],
+    (SQS.Channel, "canonical_queue_name"): ["self", "queue_name"],
     (SQS.Channel, "_delete_message"): ["self", "queue_name", "message"],
     (SQS.Channel, "_on_messages_ready"): ["self", "queue", "qname", "messages"],
     (SQS.Channel, "_release_messages"): ["self", "queue", "qname", "messages"],
@@ -118,6 +121,76 @@ def test_answered_reply_queues_are_kept_for_reuse_and_only_the_idle_surplus_dele
     assert deleted == []
     channel._prune_answered(now=1000.0 + 600)
     assert deleted == ["q0.reply.celery.pidbox", "q1.reply.celery.pidbox", "q2.reply.celery.pidbox"]
-    assert (
-        len(channel._answered) == transport.IDLE_REPLY_QUEUES and "q0.reply.celery.pidbox" not in channel._queue_cache
-    )
+    assert len(channel._answered) == transport.IDLE_REPLY_QUEUES
+
+
+REPLY_QUEUE = "oid-1.reply.celery.pidbox"
+SQS_NAME = "p-oid-1-reply-celery-pidbox"  # prefixed, "." made "-", as kombu names it on SQS
+
+
+class FakeSQS:
+    """SQS as the transport's reply path sees it: which queues exist, what was sent."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing, self.sent, self.created = existing, [], []
+
+    def _gone(self, operation: str) -> ClientError:
+        error = {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "gone"}
+        return ClientError({"Error": error}, operation)
+
+    def get_queue_url(self, QueueName: str) -> dict:
+        if QueueName not in self.existing:
+            raise self._gone("GetQueueUrl")
+        return {"QueueUrl": f"http://sqs/{QueueName}"}
+
+    def send_message(self, QueueUrl: str, MessageBody: str) -> None:
+        if QueueUrl.rsplit("/", 1)[1] not in self.existing:
+            raise self._gone("SendMessage")
+        self.sent.append(QueueUrl)
+
+    def create_queue(self, QueueName: str, Attributes: dict) -> dict:
+        self.created.append(QueueName)
+        self.existing.add(QueueName)
+        return {"QueueUrl": f"http://sqs/{QueueName}"}
+
+    def list_queues(self, QueueNamePrefix: str) -> dict:
+        return {"QueueUrls": [f"http://sqs/{q}" for q in self.existing if q.startswith(QueueNamePrefix)]}
+
+
+def replying_channel(sqs: FakeSQS, cache: dict[str, str]) -> Channel:
+    options = {"queue_name_prefix": "p-", "sqs_base64_encoding": False}
+    client = SimpleNamespace(transport_options=options)
+    state = SimpleNamespace(queue_bindings=lambda queue: [], queue_bindings_delete=lambda queue: None)
+    connection = SimpleNamespace(_queue_cache=cache, client=client, state=state)
+    return bare_channel(connection=connection, sqs=lambda queue=None: sqs)
+
+
+def test_a_reply_goes_to_an_existing_reply_queue_and_never_creates_one() -> None:
+    sqs, cache = FakeSQS({SQS_NAME}), {}
+    replying_channel(sqs, cache)._put(REPLY_QUEUE, {"body": "pong"})
+    assert sqs.sent == [f"http://sqs/{SQS_NAME}"] and cache == {SQS_NAME: f"http://sqs/{SQS_NAME}"}
+    gone, cache = FakeSQS(set()), {}
+    replying_channel(gone, cache)._put(REPLY_QUEUE, {"body": "a late pong"})  # its client has gone
+    assert gone.created == [] and gone.sent == [] and cache == {}
+    assert is_reply_queue(REPLY_QUEUE) and not is_reply_queue("batches") and not is_reply_queue("w1@host.celery.pidbox")
+
+
+def test_a_reply_to_a_queue_deleted_since_its_url_was_cached_is_dropped_and_the_url_forgotten() -> None:
+    sqs, cache = FakeSQS(set()), {SQS_NAME: f"http://sqs/{SQS_NAME}"}
+    replying_channel(sqs, cache)._put(REPLY_QUEUE, {"body": "a late pong"})
+    assert sqs.created == [] and sqs.sent == [] and cache == {}
+
+
+def test_other_messages_still_go_through_kombus_put_which_creates_what_is_missing() -> None:
+    sqs = FakeSQS(set())
+    replying_channel(sqs, {})._put("batches", {"body": "a task"})
+    assert sqs.created == ["p-batches"] and sqs.sent == ["http://sqs/p-batches"]
+
+
+def test_a_deleted_queue_is_forgotten_under_its_sqs_name() -> None:
+    """kombu's _delete forgets it under the unprefixed name, which is not the cache's key."""
+    cache = {SQS_NAME: f"http://sqs/{SQS_NAME}"}
+    channel = replying_channel(FakeSQS({SQS_NAME}), cache)
+    channel._delete = lambda queue, exchange=None: None
+    channel._delete_own_queue(REPLY_QUEUE)
+    assert cache == {}
