@@ -1,6 +1,7 @@
 """`stack sweep`: remove what killed Flower, `inspect` or event processes left on SQS/SNS.
 
-Processes that exit normally delete their own queues (tasks.transport). One killed
+Processes that exit normally delete their own queues, and a worker's late reply to a
+client that has gone creates none (tasks/broker/transport.py, point 3). One killed
 outright leaves its event queue (``celeryev-<uuid>``) and reply queues
 (``<oid>-reply-celery-pidbox``), and their SNS subscriptions. Sweep deletes, among
 queues older than the given age, event queues that hold unread events (nobody consumes
