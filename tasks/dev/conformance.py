@@ -205,13 +205,16 @@ def celery_overrides(tree: Path, prefix: str) -> None:
     (tree / "integration-tests-config.json").write_text(json.dumps({"broker_transport_options": options}))
 
 
-def pytest_command(target: Target, tree: Path, ids: list[str], report: Path) -> list[str]:
+def pytest_command(
+    target: Target, tree: Path, ids: list[str], report: Path, deselect: tuple[str, ...] = ()
+) -> list[str]:
     """One session; reruns off, so that a test counts once, as it first came out."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:rerunfailures"]
     command += ["-p", "tasks.dev.conformance_plugin"]
     if target.project == "celery":
         command += ["-p", "celery.contrib.pytest"]  # its fixtures (celery_parameters, ...)
     command += ["-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", f"--timeout={TEST_TIMEOUT}"]
+    command += [f"--deselect={test_id}" for test_id in deselect]
     return [*command, *ids]
 
 
@@ -245,17 +248,31 @@ def outcomes(report: Path, ids: list[str]) -> tuple[Counter[str], set[str]]:
     return counts, failing
 
 
-def run_session(tree: Path, ids: list[str], target: Target, services: Endpoints, variant: str, work: Path) -> Tally:
+def run_session(
+    tree: Path,
+    ids: list[str],
+    target: Target,
+    services: Endpoints,
+    variant: str,
+    work: Path,
+    deselect: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Tally:
     n = time.monotonic_ns()
     report, deaths = work / "reports" / f"{n}.xml", work / "reports" / f"{n}.deaths"
     report.parent.mkdir(parents=True, exist_ok=True)
     celery_overrides(tree, f"conf{n % 10**8}-")
     whole_file = ids == target.ids
-    command = pytest_command(target, tree, ids, report)
+    command = pytest_command(target, tree, ids, report, deselect)
     log = work / "reports" / f"{n}.log"
     with open(log, "w") as out:
         session = subprocess.Popen(
-            command, cwd=tree, env=services.session_env(variant, deaths), stdout=out, stderr=out, start_new_session=True
+            command,
+            cwd=tree,
+            env={**services.session_env(variant, deaths), **(env or {})},
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
         try:
             session.wait(timeout=FILE_TIMEOUT if whole_file else SESSION_TIMEOUT)
@@ -338,6 +355,68 @@ def run(per_test: bool = True, only: str | None = None, write: bool = False, fre
     if write:
         write_docs(text)
     return 0
+
+
+def target_of(test_id: str) -> Target:
+    for target in TARGETS:
+        if test_id.startswith(f"{target.path}::"):
+            return target
+    raise SystemExit(f"{test_id} is not a test of {', '.join(t.path for t in TARGETS)} (give path::class::test)")
+
+
+def repeat(test_id: str, runs: int) -> int:
+    """Run one test `runs` times on this transport, one session each, and print its pass
+    count: how often a test that fails now and then passes (not kept in the ledger)."""
+    work = ROOT / ".stack" / "conformance"
+    target = target_of(test_id)
+    tree = sources(work)[target.project]
+    passed = 0
+    with Services(work) as services:
+        for run_number in range(1, runs + 1):
+            tally = run_session(tree, [test_id], target, services, "ours", work)
+            passed += tally.outcomes["passed"]
+            print(f"run {run_number}: {dict(tally.outcomes)}; {passed} of {run_number} passed so far", flush=True)
+    print(f"{test_id} on this transport: {passed} of {runs} one-test sessions passed")
+    return 0
+
+
+def probe(tries: int) -> int:
+    """Time an ETA task's trip and the `inspect` broadcast sent after it, `tries` times, in
+    Celery's suite on this transport (tasks/dev/order_probe.py), and print the figures."""
+    work = ROOT / ".stack" / "conformance"
+    tree = sources(work)["celery"]
+    probe_file = tree / "t" / "integration" / "test_zz_order_probe.py"
+    out = work / "reports" / f"probe-{time.monotonic_ns()}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(__file__).with_name("order_probe.py"), probe_file)
+    try:
+        with Services(work) as services:
+            env = {"CONFORMANCE_PROBE_OUT": str(out), "CONFORMANCE_PROBE_TRIES": str(tries)}
+            run_session(tree, [str(probe_file.relative_to(tree))], TARGETS[0], services, "ours", work, env=env)
+    finally:
+        probe_file.unlink()
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    print(probe_summary(rows))
+    return 0 if rows else 1
+
+
+def probe_summary(rows: list[dict]) -> str:
+    def spread(key: str) -> str:
+        values = sorted(r[key] for r in rows if r[key] is not None)
+        if not values:
+            return "none measured"
+        median, p90 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.9))]
+        return f"median {median:.3f} s, p90 {p90:.3f} s, max {values[-1]:.3f} s (of {len(values)})"
+
+    return "\n".join(
+        [
+            f"tries: {len(rows)}",
+            f"task, publish to worker's receipt: {spread('task_s')}",
+            f"broadcast, publish to worker's handler: {spread('broadcast_s')}",
+            f"task received before the broadcast: {sum(r['task_first'] for r in rows)} of {len(rows)}",
+            f"task listed by inspect.scheduled(): {sum(r['listed'] for r in rows)} of {len(rows)}",
+        ]
+    )
 
 
 def table(results: dict[tuple[str, str, str], Tally], targets: list[Target], per_test: bool) -> str:

@@ -141,6 +141,12 @@ def _faults(args: argparse.Namespace) -> int:
 def _conformance(args: argparse.Namespace) -> int:
     from tasks.dev import conformance
 
+    if args.probe:
+        return conformance.probe(args.probe)
+    if args.repeat:
+        if not args.only:
+            raise SystemExit("conformance --repeat needs --only path::class::test (the test to repeat)")
+        return conformance.repeat(args.only, args.repeat)
     return conformance.run(per_test=not args.per_file_only, only=args.only, write=args.write_docs, fresh=args.fresh)
 
 
@@ -214,6 +220,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--only", help="only the targets whose path contains this")
     s.add_argument("--write-docs", action="store_true", help="write the table into docs/transport.md")
     s.add_argument("--fresh", action="store_true", help="forget the sessions measured before (they resume otherwise)")
+    s.add_argument(
+        "--repeat", type=int, metavar="N", help="run the one test --only names N times; print its pass count"
+    )
+    s.add_argument("--probe", type=int, metavar="N", help="time an ETA task and the inspect sent after it, N times")
     s.set_defaults(func=_conformance)
 
     s = sub.add_parser("config", help="the settings, their defaults and meanings, as README's table")
