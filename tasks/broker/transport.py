@@ -55,12 +55,13 @@ process exits are closed then. A process killed outright
 leaves its queues to `python -m tasks stack sweep`.
 
 kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
-against the installed kombu): ``Channel._lookup``, ``Channel._put``, ``Channel._delete_message``,
-``Channel._on_messages_ready``, ``Channel._release_messages``, ``Channel._loop1``,
-``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
+against the installed kombu): ``Channel._lookup``, ``Channel._put``,
+``Channel._delete_message``, ``Channel._on_messages_ready``, ``Channel._release_messages``,
+``Channel._loop1``, ``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
 ``Channel.after_reply_message_received``, ``Channel.canonical_queue_name``,
 ``Channel._queue_cache`` (the transport's map of SQS queue names to URLs; kombu's own
-``_delete`` forgets a deleted queue under its unprefixed name, so the URL stayed), ``Channel.state.queue_bindings`` and
+``_delete`` forgets a deleted queue under its unprefixed name, so the URL stayed: a
+deleted queue is forgotten here under its SQS name), ``Channel.state.queue_bindings`` and
 ``queue_bindings_delete``, ``Transport.register_with_event_loop``. Options read:
 ``fanout_exchanges`` (default ``["celeryev"]``), ``supports_fanout``, ``client-config``.
 """
