@@ -293,3 +293,53 @@ def test_a_producer_cannot_choose_the_idempotency_key(db, worker) -> None:
     db.rollback()
     assert len(rows) == 3 and not {"victim-1", "victim-2"} & {r[0] for r in rows}
     assert all(r[1] != date(2023, 11, 14) for r in rows)  # nor the genuine event's date
+
+
+def test_no_secret_setting_in_inspect_conf_flower_or_the_log(database_url: str) -> None:
+    """A worker given every kind of secret: `celery inspect conf`, Flower's worker view
+    (its Config tab's data) and the worker's log show none of them."""
+    secrets = {
+        "FLOWER_BASIC_AUTH": "admin:s3cret-flower-pw",
+        "DATABASE_URL": f"{database_url}{'&' if '?' in database_url else '?'}password=s3cret-db-pw",
+        "AWS_SECRET_ACCESS_KEY": "s3cret-aws-key",
+        "MASKING_KEYS": os.environ["MASKING_KEYS"],
+    }
+    hidden = ["s3cret-flower-pw", "s3cret-db-pw", "s3cret-aws-key", os.environ["MASKING_KEYS"].partition(":")[2]]
+    worker = Worker(f"secrets-{os.getpid()}", env=secrets, args=["--loglevel=DEBUG"])
+    port, auth = free_port(), ("privacy", "test-only-password")
+    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth)})
+    try:
+        inspected = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tasks", "inspect", "conf", "-d", worker.node, "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
+        conf = json.loads(inspected.stdout)[worker.node]
+        shown = wait_until(
+            lambda: (
+                (found := flower_api(port, f"/api/workers?refresh=1&workername={worker.node}", auth))
+                and found.get(worker.node, {}).get("conf")
+                and json.dumps(found)
+            ),
+            timeout=60,
+            what="Flower to show the worker's configuration",
+        )
+    finally:
+        stop_process(flower)
+        worker.stop()
+    assert all(conf[name] == "********" for name in ("FLOWER_BASIC_AUTH", "DATABASE_URL", "MASKING_KEYS", "broker_url"))
+    assert '"FLOWER_BASIC_AUTH": "********"' in shown
+    settings = python_m_tasks("config", env=secrets)
+    assert settings.returncode == 0 and "FLOWER_BASIC_AUTH" in settings.stdout
+    places = {
+        "inspect conf": inspected.stdout,
+        "Flower": shown,
+        "worker log": worker.log.read_text(),
+        "python -m tasks config": settings.stdout + settings.stderr,
+    }
+    for place, text in places.items():
+        leaked = [secret for secret in hidden if secret in text]
+        assert not leaked, f"{len(leaked)} secrets in {place}"
