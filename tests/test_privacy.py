@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -91,22 +92,85 @@ def test_the_analyst_reads_user_logins_only(db) -> None:
     db.rollback()
 
 
-def test_the_recovery_role_can_only_append_to_the_audit(db) -> None:
-    as_role(db, "login_recovery")
-    forged = "INSERT INTO unmask_audit (recovered_by, recovered_at, field, token, reason)"
+def add_row(db, masker: Masker, ip: str, user_id: str = "u", day: date = date(2026, 1, 1)) -> str:
+    """A row of user_logins whose ip token is returned."""
+    token = masker.mask_ip(ip)[0]
+    with db, db.cursor() as cur:
+        store.insert_rows(cur, [store.MaskedRow(f"r-{token}", user_id, "ios", token, None, None, 1, day)])
+    return token
+
+
+def audit_rows(db) -> list[tuple]:
+    with db.cursor() as cur:
+        cur.execute("SELECT recovered_by, field, token, reason, filter FROM unmask_audit ORDER BY id")
+        rows = cur.fetchall()
+    db.rollback()
+    return rows
+
+
+@pytest.fixture
+def recovery_login(database_url: str, db) -> Iterator[psycopg2.extensions.connection]:
+    """A login of its own, granted login_recovery, as an operator's would be."""
+    with db, db.cursor() as cur:
+        cur.execute("TRUNCATE unmask_audit")
+        cur.execute("DROP ROLE IF EXISTS recovery_probe")
+        cur.execute("CREATE ROLE recovery_probe LOGIN IN ROLE login_recovery")
+    conn = psycopg2.connect(database_url, user="recovery_probe")
+    try:
+        yield conn
+    finally:
+        conn.close()
+        with db, db.cursor() as cur:
+            cur.execute("DROP ROLE recovery_probe")
+
+
+def attempt(conn, sql: str, *args: object) -> str | None:
+    """The error class of one statement in its own transaction (None: it ran), rolled back if it failed."""
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            if cur.description:
+                cur.fetchall()
+    except psycopg2.Error as exc:
+        return type(exc).__name__
+    return None
+
+
+def test_the_recovery_login_cannot_forge_or_touch_the_audit(recovery_login, db) -> None:
+    conn = recovery_login
+    token = add_row(db, Masker(parse_key_ring(KEY1), "siv"), "10.9.8.7", user_id="alice")
     for sql in (
-        f"{forged} VALUES ('alice', '2020-01-01', 'ip', 't', 'r')",
+        "INSERT INTO unmask_audit (recovered_by, recovered_at, field, token, reason)"
+        " VALUES ('alice', '2020-01-01', 'ip', 't', 'r')",
         "SELECT * FROM unmask_audit",
         "DELETE FROM unmask_audit",
         "UPDATE unmask_audit SET reason = 'x'",
     ):
-        assert denied(db, sql), sql
-    with db.cursor() as cur:  # the one way in: the database sets who and when
-        cur.execute("SELECT record_unmask('ip', ARRAY['t-forge'], 'r', 'f')")
-        cur.execute("RESET ROLE")
-        cur.execute("SELECT recovered_by = session_user, recovered_at = now() FROM unmask_audit")
-        assert cur.fetchall() == [(True, True)]
-    db.rollback()
+        assert attempt(conn, sql) == "InsufficientPrivilege", sql
+    # The issue's forged entry: the old function is gone.
+    forged = "SELECT public.record_unmask('ip', ARRAY['s1:FAKE'], 'forged entry', 'user_id=alice since=2020-01-01')"
+    assert attempt(conn, forged) == "UndefinedFunction"
+    recover = "SELECT * FROM public.recover_tokens(%s, %s, %s, %s, %s, %s)"
+    refused = [
+        ("ip", "forged entry", None, None, None, ["s1:FAKE"]),  # a token not in user_logins
+        ("ip", "forged entry", None, None, None, [token, "s1:FAKE"]),  # one of them not: none recovered
+        ("device_id", "forged entry", None, None, None, [token]),  # an ip token is not a device_id token
+        ("ip", "\u200b", "alice", None, None, None),  # a zero-width space
+        ("ip", " \t\u00a0\u2060\ufeff\u202e ", "alice", None, None, None),  # white space, joiner, BOM, bidi
+        ("ip", "", "alice", None, None, None),
+        ("ip", None, "alice", None, None, None),
+        ("ip", "why", None, None, None, None),  # neither tokens nor a filter
+        ("ip", "why", "alice", None, None, [token]),  # both
+        ("ssn", "why", "alice", None, None, None),
+    ]
+    for args in refused:
+        assert attempt(conn, recover, *args) == "InvalidParameterValue", args
+    assert audit_rows(db) == []
+    # What it can do: recover what the filter selects; the database writes who and what.
+    with conn, conn.cursor() as cur:
+        cur.execute(recover, ("ip", "ticket SEC-7", "alice", date(2020, 1, 1), None, None))
+        assert cur.fetchall() == [(token,)]
+    assert audit_rows(db) == [("recovery_probe", "ip", token, "ticket SEC-7", "user_id=alice since=2020-01-01")]
 
 
 def test_unmask_takes_filters_not_sql_and_a_hostile_filter_writes_nothing(db) -> None:
@@ -128,22 +192,28 @@ def test_unmask_takes_filters_not_sql_and_a_hostile_filter_writes_nothing(db) ->
 
 def test_unmask_recovers_in_siv_mode_with_an_audit_row(db) -> None:
     masker = Masker(parse_key_ring(KEY1), "siv")
-    token = masker.mask_ip("010.001.002.003")[0]
-    assert recovery.unmask(db, masker, "ip", [token], "ticket SEC-1") == ["10.1.2.3"]
+    token = add_row(db, masker, "010.001.002.003")
+    assert recovery.unmask(db, masker, "ip", "ticket SEC-1", tokens=[token]) == [(token, "10.1.2.3")]
     with db.cursor() as cur:
-        cur.execute("SELECT field, token, reason FROM unmask_audit ORDER BY id DESC LIMIT 1")
-        assert cur.fetchone() == ("ip", token, "ticket SEC-1")
+        cur.execute("SELECT field, token, reason, filter FROM unmask_audit ORDER BY id DESC LIMIT 1")
+        assert cur.fetchone() == ("ip", token, "ticket SEC-1", "tokens given")
     db.rollback()
 
 
 def test_unmask_is_refused_without_the_key_in_hmac_mode_or_without_a_reason(db) -> None:
-    token = Masker(parse_key_ring(KEY1), "siv").mask_device_id("593-47-5928")
-    with pytest.raises(TokenError):
-        recovery.unmask(db, Masker(parse_key_ring(KEY2.replace("2:", "1:")), "siv"), "device_id", [token], "x")
+    with db, db.cursor() as cur:
+        cur.execute("TRUNCATE unmask_audit")
+    token = add_row(db, Masker(parse_key_ring(KEY1), "siv"), "192.0.2.44")
+    with pytest.raises(TokenError):  # the database chose it and audited it; the rollback takes the row back
+        recovery.unmask(db, Masker(parse_key_ring(KEY2.replace("2:", "1:")), "siv"), "ip", "x", tokens=[token])
     with pytest.raises(recovery.RecoveryRefused):
-        recovery.unmask(db, Masker(parse_key_ring(KEY1), "hmac"), "device_id", [token], "x")
-    with pytest.raises(recovery.RecoveryRefused):
-        recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "device_id", [token], " ")
+        recovery.unmask(db, Masker(parse_key_ring(KEY1), "hmac"), "ip", "x", tokens=[token])
+    for reason in (" ", "\u200b", "\u200d\u2060", "\u0301"):
+        with pytest.raises(recovery.RecoveryRefused, match="visible text"):
+            recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "ip", reason, tokens=[token])
+    with pytest.raises(recovery.RecoveryRefused, match="not ip tokens of user_logins"):
+        recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "ip", "x", tokens=["s1:FAKE"])
+    assert audit_rows(db) == []
 
 
 def test_rekey_moves_every_row_to_the_newest_key(db) -> None:
@@ -236,9 +306,7 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
 
 
 def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> None:
-    from tests.helpers import python_m_tasks
-
-    token = Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv").mask_ip("199.172.111.135")[0]
+    token = add_row(db, Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv"), "199.172.111.135")
     ok = python_m_tasks("unmask", "--field", "ip", "--reason", "ticket SEC-9", token, env={"MASKING_MODE": "siv"})
     assert ok.returncode == 0 and ok.stdout.strip() == f"{token}\t199.172.111.135"
     other_key = python_m_tasks(
@@ -248,6 +316,10 @@ def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> Non
     assert "199.172.111.135" not in other_key.stdout + other_key.stderr
     one_way = python_m_tasks("unmask", "--field", "ip", "--reason", "x", token, env={"MASKING_MODE": "hmac"})
     assert one_way.returncode == 2 and "one-way" in one_way.stderr
+    for reason, tokens in (("\u200b", [token]), ("ticket SEC-9", ["s1:FAKE"])):
+        refused = python_m_tasks("unmask", "--field", "ip", "--reason", reason, *tokens, env={"MASKING_MODE": "siv"})
+        assert refused.returncode == 2 and refused.stderr.startswith("refused:"), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM unmask_audit WHERE token = %s", (token,))
         assert cur.fetchone()[0] == 1  # only the recovery that succeeded
