@@ -281,14 +281,26 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
         assert not leaked, f"{len(leaked)} raw values in {place}"
 
 
-@pytest.mark.parametrize("keys", ["development", "none"])
-def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_key(tmp_path, keys: str) -> None:
+@pytest.mark.parametrize("keys", ["development", "none", "copied-fingerprint-database", "copied-fingerprint-aws"])
+def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_key(
+    tmp_path, database_url: str, keys: str
+) -> None:
+    """`copied-fingerprint-*`: the issue's recipe. The development key and its fingerprint
+    copied into a folder of one's own (STACK_DIR), then a database named by DATABASE_URL,
+    or real SQS: refused all the same."""
     from tasks.pipeline.keys import create_development_key
 
     key_file = tmp_path / "masking.keys"
+    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file)}
     if keys == "development":
         create_development_key(key_file, tmp_path / "elsewhere")
-    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file)}
+    elif keys.startswith("copied-fingerprint"):
+        create_development_key(key_file, tmp_path / "fake-stack")
+        env["STACK_DIR"] = str(tmp_path / "fake-stack")
+        if keys.endswith("database"):
+            env["DATABASE_URL"] = database_url
+        else:
+            env.update(SQS_ENDPOINT_URL="", AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE", AWS_SECRET_ACCESS_KEY="x" * 40)
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--without-mingle"],
         cwd=ROOT,
@@ -299,6 +311,8 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
     )
     assert result.returncode == 2
     assert "worker refused to start" in result.stdout + result.stderr
+    why = {"copied-fingerprint-database": "DATABASE_URL", "copied-fingerprint-aws": "SQS_ENDPOINT_URL"}.get(keys, "")
+    assert why in result.stderr, result.stderr[-2000:]
     for command in (["unmask", "--field", "ip", "--reason", "x", "s1:AAAA"], ["rekey"], ["bench", "--events", "1"]):
         refused = python_m_tasks(*command, env={**env, "MASKING_MODE": "siv"})
         assert refused.returncode == 2 and refused.stderr.startswith("refused:"), command
