@@ -147,7 +147,12 @@ WORKER_HEALTH_FILE = _env(
 # --- Flower ----------------------------------------------------------------------
 FLOWER_ADDRESS = _env("FLOWER_ADDRESS", "127.0.0.1", "Flower's address; a non-local one requires basic auth")
 FLOWER_PORT = _int("FLOWER_PORT", 5555, "Flower's port")
-FLOWER_BASIC_AUTH = _env("FLOWER_BASIC_AUTH", "", "`user:password` for Flower, its API and `/metrics`")
+FLOWER_BASIC_AUTH = _env(
+    "FLOWER_BASIC_AUTH",
+    "",
+    "`user:password` (comma-separated for several) for Flower, its API and `/metrics`;"
+    " beyond the loopback a password needs 12 or more characters",
+)
 FLOWER_ALLOW_CONTROL = _bool(
     "FLOWER_ALLOW_CONTROL",
     False,
@@ -270,6 +275,19 @@ worker_send_task_events = _bool("WORKER_SEND_TASK_EVENTS", True, "task events fo
 task_send_sent_event = False
 event_queue_expires = 60.0
 event_queue_ttl = 10.0
+
+# Settings whose values are secrets (names as this module spells them). tasks/ops/censor.py
+# adds them to Celery's own filter, so `celery inspect conf`, Flower's worker Config tab
+# and Celery's bug report show "********" for them; broker_url holds the AWS credentials.
+SECRET_SETTINGS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MASKING_KEYS",
+    "DATABASE_URL",
+    "METRICS_DATABASE_URL",
+    "FLOWER_BASIC_AUTH",
+    "broker_url",
+)
 
 beat_schedule = {
     "fetch-login-events": {

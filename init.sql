@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
 );
 
 -- Every recovery of a masked value: who, when, which token, under which filter, why.
--- Written only through record_unmask() below, which sets the time and the database user
+-- Written only through recover_tokens() below, which sets the time and the database user
 -- itself: the recovery role can neither insert directly nor read, change or delete.
 CREATE TABLE IF NOT EXISTS unmask_audit (
     id                  bigserial PRIMARY KEY,
@@ -59,21 +59,88 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION record_unmask(p_field text, p_tokens text[], p_reason text, p_filter text)
-RETURNS integer
+-- The old way in took any tokens and any filter text from its caller, so the recovery
+-- role could record recoveries that never happened. Gone: recover_tokens() below.
+DROP FUNCTION IF EXISTS record_unmask(text, text[], text, text);
+
+-- Whether a reason has visible text: something left once white space, control
+-- characters and the invisible format characters (zero-width space and joiners, bidi
+-- marks, soft hyphen, BOM, variation selectors, Hangul fillers, tags...) are removed.
+CREATE OR REPLACE FUNCTION unmask_reason_is_visible(p_reason text)
+RETURNS boolean
 LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(length(regexp_replace(p_reason,
+        '[[:space:][:cntrl:]\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000e0000-\U000e0fff]',
+        '', 'g')) > 0, false)
+$$;
+
+-- The only way to recover: the database picks the tokens itself (those of user_logins
+-- that the filter selects, or the given tokens that are in user_logins, all of them or
+-- none), writes one audit row per token with who, when, the filter and the reason, and
+-- returns exactly those tokens. `unmask` decrypts what this returns and nothing else,
+-- in the same transaction: a token that fails to decrypt rolls the audit back.
+CREATE OR REPLACE FUNCTION recover_tokens(
+    p_field text, p_reason text, p_user_id text, p_since date, p_until date, p_tokens text[]
+)
+RETURNS SETOF text
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH written AS (
+DECLARE
+    v_filter text;
+    v_missing integer;
+BEGIN
+    IF p_field IS NULL OR p_field NOT IN ('ip', 'device_id') THEN
+        RAISE EXCEPTION 'the field must be ip or device_id' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT public.unmask_reason_is_visible(p_reason) THEN
+        RAISE EXCEPTION 'a reason with visible text is required for every recovery'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF coalesce(cardinality(p_tokens), 0) > 0 THEN
+        IF p_user_id IS NOT NULL OR p_since IS NOT NULL OR p_until IS NOT NULL THEN
+            RAISE EXCEPTION 'give tokens or filters, not both' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT count(*) INTO v_missing FROM (SELECT DISTINCT unnest(p_tokens) AS token) AS given
+        WHERE given.token IS NULL OR NOT EXISTS (
+            SELECT FROM public.user_logins AS u
+            WHERE CASE p_field WHEN 'ip' THEN u.masked_ip ELSE u.masked_device_id END = given.token);
+        IF v_missing > 0 THEN
+            RAISE EXCEPTION '% of the given tokens are not % tokens of user_logins: nothing recovered',
+                v_missing, p_field USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_filter := 'tokens given';
+    ELSE
+        IF p_user_id IS NULL AND p_since IS NULL AND p_until IS NULL THEN
+            RAISE EXCEPTION 'give tokens, or at least one of user id, since, until'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_filter := concat_ws(' ', 'user_id=' || p_user_id, 'since=' || p_since, 'until=' || p_until);
+    END IF;
+    RETURN QUERY
+    WITH chosen AS (
+        SELECT DISTINCT CASE p_field WHEN 'ip' THEN u.masked_ip ELSE u.masked_device_id END AS token
+        FROM public.user_logins AS u
+        WHERE CASE WHEN coalesce(cardinality(p_tokens), 0) > 0
+            THEN CASE p_field WHEN 'ip' THEN u.masked_ip ELSE u.masked_device_id END = ANY (p_tokens)
+            ELSE (p_user_id IS NULL OR u.user_id = p_user_id)
+                AND (p_since IS NULL OR u.create_date >= p_since)
+                AND (p_until IS NULL OR u.create_date <= p_until)
+            END
+    ), written AS (
         INSERT INTO public.unmask_audit (recovered_by, recovered_at, field, token, reason, filter)
-        SELECT session_user, now(), p_field, token, p_reason, p_filter
-        FROM unnest(p_tokens) AS token
-        RETURNING 1
+        SELECT session_user, now(), p_field, chosen.token, p_reason, v_filter
+        FROM chosen WHERE chosen.token IS NOT NULL
+        RETURNING unmask_audit.token
     )
-    SELECT count(*)::integer FROM written
+    SELECT written.token FROM written ORDER BY written.token;
+END
 $$;
-REVOKE ALL ON FUNCTION record_unmask(text, text[], text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION recover_tokens(text, text, text, date, date, text[]) FROM PUBLIC;
 
 -- Least-privilege roles (NOLOGIN: grant them to login users of your own).
 DO $$
@@ -98,11 +165,11 @@ GRANT INSERT, SELECT (message_id) ON dead_letters TO login_pipeline_writer;
 GRANT USAGE ON SEQUENCE ingest_batches_id_seq TO login_pipeline_writer;
 -- The analyst reads the masked table and nothing else.
 GRANT SELECT ON user_logins TO login_analyst;
--- Recovery reads tokens and audits only through record_unmask().
+-- Recovery reads tokens, and recovers (audited) only through recover_tokens().
 GRANT SELECT ON user_logins TO login_recovery;
 REVOKE ALL ON unmask_audit FROM login_recovery;  -- whatever an older init.sql granted
 REVOKE ALL ON SEQUENCE unmask_audit_id_seq FROM login_recovery;
-GRANT EXECUTE ON FUNCTION record_unmask(text, text[], text, text) TO login_recovery;
+GRANT EXECUTE ON FUNCTION recover_tokens(text, text, text, date, date, text[]) TO login_recovery;
 
 -- ============================================================================
 -- Metrics role (Flower's /metrics, tasks/ops/metrics.py). A block of its own, kept

@@ -8,13 +8,16 @@ import click
 from celery import Celery
 from celery.signals import after_setup_logger
 
+import celeryconfig
 from tasks.broker.aws import quiet_botocore
+from tasks.ops import censor
 
 # Remote control clients (Flower, inspect) reuse one reply queue per thread (tasks/broker/control.py).
 app = Celery(
     "tasks", include=["tasks.fetch", "tasks.batch", "tasks.ops.health"], control="tasks.broker.control:Control"
 )
 app.config_from_object("celeryconfig")
+censor.install(celeryconfig.SECRET_SETTINGS)  # `inspect conf` and Flower's Config tab show them masked
 
 
 @after_setup_logger.connect

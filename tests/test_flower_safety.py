@@ -7,6 +7,8 @@ the operator's credentials, and the collector under the role Flower is given.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import subprocess
 import sys
@@ -62,6 +64,49 @@ def test_flower_without_the_config_file_is_checked_too(tmp_path: Path) -> None:
     assert_refused(run_flower(cwd=tmp_path), "would listen on every interface without auth")
 
 
+EMPTY = "lacks a user or a password"
+SHORT = f"shorter than {flower.MIN_PASSWORD_LENGTH} characters"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "why"),
+    [
+        ([CONF, "--address=0.0.0.0", "--basic_auth="], {}, EMPTY),
+        ([CONF, "--basic_auth=:"], {}, EMPTY),  # on the loopback too: an empty entry is never auth
+        ([CONF], {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": ":"}, EMPTY),
+        ([CONF], {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": "admin:"}, EMPTY),
+        ([CONF], {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": "admin:a-long-password,:"}, "entry 2 lacks"),
+        ([CONF, "--address=0.0.0.0", "--basic_auth=admin:short-pw"], {}, SHORT),
+        ([CONF], {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": "admin:11-chars-pw"}, SHORT),
+    ],
+    ids=[
+        "cli-empty",
+        "cli-colon-loopback",
+        "env-colon",
+        "env-no-password",
+        "env-second-entry",
+        "cli-short",
+        "env-short",
+    ],
+)
+def test_flower_refuses_an_empty_or_short_credential(args: list[str], env: dict[str, str], why: str) -> None:
+    assert_refused(run_flower(*args, env=env), why)
+
+
+def test_flowers_own_env_variable_is_checked_without_our_config(tmp_path: Path) -> None:
+    """Without flowerconfig.py, Flower reads FLOWER_BASIC_AUTH itself: still checked."""
+    assert_refused(run_flower("--address=0.0.0.0", cwd=tmp_path, env={"FLOWER_BASIC_AUTH": ":"}), EMPTY)
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"), [("admin:", EMPTY), (":a-long-enough-password", EMPTY), ("admin:short", SHORT)]
+)
+def test_a_config_file_credential_is_checked(tmp_path: Path, entry: str, why: str) -> None:
+    conf = tmp_path / "flower-conf.py"
+    conf.write_text(f"address = '0.0.0.0'\nbasic_auth = [{entry!r}]\n")
+    assert_refused(run_flower(f"--conf={conf}"), why)
+
+
 def assert_refused(result: subprocess.CompletedProcess[str], why: str) -> None:
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines() if line.startswith("flower refused to start:")]
@@ -77,7 +122,7 @@ def test_read_only_is_forced_unless_control_is_allowed() -> None:
     opts = options()  # --read_only=False on the command line, say
     flower.check_options(opts, allow_control=False, environ={})
     assert opts.read_only is True
-    opts = options(address="0.0.0.0", basic_auth=["a:b"])
+    opts = options(address="0.0.0.0", basic_auth=["admin:a-long-enough-password"])
     flower.check_options(opts, allow_control=True, environ={})
     assert opts.read_only is False
 
@@ -156,6 +201,52 @@ def test_the_broker_page_lists_every_pipeline_queue(guarded_flower: int) -> None
     assert status == 200 and "not supported" not in body
     for name in queue_names():
         assert f"<td>{name}</td>" in body
+
+
+# --- DNS rebinding: a Flower without auth answers loopback host names only ---------
+@pytest.fixture(scope="module")
+def open_flower(test_stack: None) -> Iterator[int]:
+    """Flower as `make run` starts it: the loopback, no auth."""
+    port = free_port()
+    process = start_flower(port, name="flower-open")
+    try:
+        yield port
+    finally:
+        stop_process(process)
+
+
+def status_with_host(port: int, path: str, host: str, method: str = "GET", auth: str = "") -> int:
+    """The status of one request to 127.0.0.1:`port` that names `host` in its Host header,
+    as a browser does after an attacker's name was rebound to 127.0.0.1."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": host, **({"Authorization": auth} if auth else {})}
+        conn.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/workers", "/tasks", "/broker", "/metrics", "/api/workers", "/static/favicon.ico"]
+)
+def test_a_rebound_host_name_reaches_nothing(open_flower: int, path: str) -> None:
+    for host in (f"rebind.attacker.example:{open_flower}", "rebind.attacker.example", "127.0.0.1.nip.io", "0.0.0.0"):
+        assert status_with_host(open_flower, path, host) == 421, (path, host)
+    assert status_with_host(open_flower, path, "attacker.example", method="POST") == 421
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:{port}", "127.0.0.1:{port}", "127.0.0.2", "[::1]:{port}"])
+def test_loopback_host_names_are_served(open_flower: int, host: str) -> None:
+    for path in ("/workers", "/static/favicon.ico"):
+        assert status_with_host(open_flower, path, host.format(port=open_flower)) == 200, path
+
+
+def test_under_auth_any_host_name_is_served(guarded_flower: int) -> None:
+    """Behind auth Flower is reached by its real name; the credential is the control."""
+    auth = "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()
+    assert status_with_host(guarded_flower, "/workers", "flower.example.internal", auth=auth) == 200
+    assert status_with_host(guarded_flower, "/workers", "flower.example.internal") == 401
 
 
 # --- The metrics collector and its role -------------------------------------------

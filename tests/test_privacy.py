@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -91,22 +92,85 @@ def test_the_analyst_reads_user_logins_only(db) -> None:
     db.rollback()
 
 
-def test_the_recovery_role_can_only_append_to_the_audit(db) -> None:
-    as_role(db, "login_recovery")
-    forged = "INSERT INTO unmask_audit (recovered_by, recovered_at, field, token, reason)"
+def add_row(db, masker: Masker, ip: str, user_id: str = "u", day: date = date(2026, 1, 1)) -> str:
+    """A row of user_logins whose ip token is returned."""
+    token = masker.mask_ip(ip)[0]
+    with db, db.cursor() as cur:
+        store.insert_rows(cur, [store.MaskedRow(f"r-{token}", user_id, "ios", token, None, None, 1, day)])
+    return token
+
+
+def audit_rows(db) -> list[tuple]:
+    with db.cursor() as cur:
+        cur.execute("SELECT recovered_by, field, token, reason, filter FROM unmask_audit ORDER BY id")
+        rows = cur.fetchall()
+    db.rollback()
+    return rows
+
+
+@pytest.fixture
+def recovery_login(database_url: str, db) -> Iterator[psycopg2.extensions.connection]:
+    """A login of its own, granted login_recovery, as an operator's would be."""
+    with db, db.cursor() as cur:
+        cur.execute("TRUNCATE unmask_audit")
+        cur.execute("DROP ROLE IF EXISTS recovery_probe")
+        cur.execute("CREATE ROLE recovery_probe LOGIN IN ROLE login_recovery")
+    conn = psycopg2.connect(database_url, user="recovery_probe")
+    try:
+        yield conn
+    finally:
+        conn.close()
+        with db, db.cursor() as cur:
+            cur.execute("DROP ROLE recovery_probe")
+
+
+def attempt(conn, sql: str, *args: object) -> str | None:
+    """The error class of one statement in its own transaction (None: it ran), rolled back if it failed."""
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            if cur.description:
+                cur.fetchall()
+    except psycopg2.Error as exc:
+        return type(exc).__name__
+    return None
+
+
+def test_the_recovery_login_cannot_forge_or_touch_the_audit(recovery_login, db) -> None:
+    conn = recovery_login
+    token = add_row(db, Masker(parse_key_ring(KEY1), "siv"), "10.9.8.7", user_id="alice")
     for sql in (
-        f"{forged} VALUES ('alice', '2020-01-01', 'ip', 't', 'r')",
+        "INSERT INTO unmask_audit (recovered_by, recovered_at, field, token, reason)"
+        " VALUES ('alice', '2020-01-01', 'ip', 't', 'r')",
         "SELECT * FROM unmask_audit",
         "DELETE FROM unmask_audit",
         "UPDATE unmask_audit SET reason = 'x'",
     ):
-        assert denied(db, sql), sql
-    with db.cursor() as cur:  # the one way in: the database sets who and when
-        cur.execute("SELECT record_unmask('ip', ARRAY['t-forge'], 'r', 'f')")
-        cur.execute("RESET ROLE")
-        cur.execute("SELECT recovered_by = session_user, recovered_at = now() FROM unmask_audit")
-        assert cur.fetchall() == [(True, True)]
-    db.rollback()
+        assert attempt(conn, sql) == "InsufficientPrivilege", sql
+    # The issue's forged entry: the old function is gone.
+    forged = "SELECT public.record_unmask('ip', ARRAY['s1:FAKE'], 'forged entry', 'user_id=alice since=2020-01-01')"
+    assert attempt(conn, forged) == "UndefinedFunction"
+    recover = "SELECT * FROM public.recover_tokens(%s, %s, %s, %s, %s, %s)"
+    refused = [
+        ("ip", "forged entry", None, None, None, ["s1:FAKE"]),  # a token not in user_logins
+        ("ip", "forged entry", None, None, None, [token, "s1:FAKE"]),  # one of them not: none recovered
+        ("device_id", "forged entry", None, None, None, [token]),  # an ip token is not a device_id token
+        ("ip", "\u200b", "alice", None, None, None),  # a zero-width space
+        ("ip", " \t\u00a0\u2060\ufeff\u202e ", "alice", None, None, None),  # white space, joiner, BOM, bidi
+        ("ip", "", "alice", None, None, None),
+        ("ip", None, "alice", None, None, None),
+        ("ip", "why", None, None, None, None),  # neither tokens nor a filter
+        ("ip", "why", "alice", None, None, [token]),  # both
+        ("ssn", "why", "alice", None, None, None),
+    ]
+    for args in refused:
+        assert attempt(conn, recover, *args) == "InvalidParameterValue", args
+    assert audit_rows(db) == []
+    # What it can do: recover what the filter selects; the database writes who and what.
+    with conn, conn.cursor() as cur:
+        cur.execute(recover, ("ip", "ticket SEC-7", "alice", date(2020, 1, 1), None, None))
+        assert cur.fetchall() == [(token,)]
+    assert audit_rows(db) == [("recovery_probe", "ip", token, "ticket SEC-7", "user_id=alice since=2020-01-01")]
 
 
 def test_unmask_takes_filters_not_sql_and_a_hostile_filter_writes_nothing(db) -> None:
@@ -128,22 +192,28 @@ def test_unmask_takes_filters_not_sql_and_a_hostile_filter_writes_nothing(db) ->
 
 def test_unmask_recovers_in_siv_mode_with_an_audit_row(db) -> None:
     masker = Masker(parse_key_ring(KEY1), "siv")
-    token = masker.mask_ip("010.001.002.003")[0]
-    assert recovery.unmask(db, masker, "ip", [token], "ticket SEC-1") == ["10.1.2.3"]
+    token = add_row(db, masker, "010.001.002.003")
+    assert recovery.unmask(db, masker, "ip", "ticket SEC-1", tokens=[token]) == [(token, "10.1.2.3")]
     with db.cursor() as cur:
-        cur.execute("SELECT field, token, reason FROM unmask_audit ORDER BY id DESC LIMIT 1")
-        assert cur.fetchone() == ("ip", token, "ticket SEC-1")
+        cur.execute("SELECT field, token, reason, filter FROM unmask_audit ORDER BY id DESC LIMIT 1")
+        assert cur.fetchone() == ("ip", token, "ticket SEC-1", "tokens given")
     db.rollback()
 
 
 def test_unmask_is_refused_without_the_key_in_hmac_mode_or_without_a_reason(db) -> None:
-    token = Masker(parse_key_ring(KEY1), "siv").mask_device_id("593-47-5928")
-    with pytest.raises(TokenError):
-        recovery.unmask(db, Masker(parse_key_ring(KEY2.replace("2:", "1:")), "siv"), "device_id", [token], "x")
+    with db, db.cursor() as cur:
+        cur.execute("TRUNCATE unmask_audit")
+    token = add_row(db, Masker(parse_key_ring(KEY1), "siv"), "192.0.2.44")
+    with pytest.raises(TokenError):  # the database chose it and audited it; the rollback takes the row back
+        recovery.unmask(db, Masker(parse_key_ring(KEY2.replace("2:", "1:")), "siv"), "ip", "x", tokens=[token])
     with pytest.raises(recovery.RecoveryRefused):
-        recovery.unmask(db, Masker(parse_key_ring(KEY1), "hmac"), "device_id", [token], "x")
-    with pytest.raises(recovery.RecoveryRefused):
-        recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "device_id", [token], " ")
+        recovery.unmask(db, Masker(parse_key_ring(KEY1), "hmac"), "ip", "x", tokens=[token])
+    for reason in (" ", "\u200b", "\u200d\u2060", "\u0301"):
+        with pytest.raises(recovery.RecoveryRefused, match="visible text"):
+            recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "ip", reason, tokens=[token])
+    with pytest.raises(recovery.RecoveryRefused, match="not ip tokens of user_logins"):
+        recovery.unmask(db, Masker(parse_key_ring(KEY1), "siv"), "ip", "x", tokens=["s1:FAKE"])
+    assert audit_rows(db) == []
 
 
 def test_rekey_moves_every_row_to_the_newest_key(db) -> None:
@@ -211,14 +281,26 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
         assert not leaked, f"{len(leaked)} raw values in {place}"
 
 
-@pytest.mark.parametrize("keys", ["development", "none"])
-def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_key(tmp_path, keys: str) -> None:
+@pytest.mark.parametrize("keys", ["development", "none", "copied-fingerprint-database", "copied-fingerprint-aws"])
+def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_key(
+    tmp_path, database_url: str, keys: str
+) -> None:
+    """`copied-fingerprint-*`: the issue's recipe. The development key and its fingerprint
+    copied into a folder of one's own (STACK_DIR), then a database named by DATABASE_URL,
+    or real SQS: refused all the same."""
     from tasks.pipeline.keys import create_development_key
 
     key_file = tmp_path / "masking.keys"
+    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file)}
     if keys == "development":
         create_development_key(key_file, tmp_path / "elsewhere")
-    env = {**os.environ, "MASKING_KEYS": "", "MASKING_KEYS_FILE": str(key_file)}
+    elif keys.startswith("copied-fingerprint"):
+        create_development_key(key_file, tmp_path / "fake-stack")
+        env["STACK_DIR"] = str(tmp_path / "fake-stack")
+        if keys.endswith("database"):
+            env["DATABASE_URL"] = database_url
+        else:
+            env.update(SQS_ENDPOINT_URL="", AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE", AWS_SECRET_ACCESS_KEY="x" * 40)
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--without-mingle"],
         cwd=ROOT,
@@ -229,6 +311,8 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
     )
     assert result.returncode == 2
     assert "worker refused to start" in result.stdout + result.stderr
+    why = {"copied-fingerprint-database": "DATABASE_URL", "copied-fingerprint-aws": "SQS_ENDPOINT_URL"}.get(keys, "")
+    assert why in result.stderr, result.stderr[-2000:]
     for command in (["unmask", "--field", "ip", "--reason", "x", "s1:AAAA"], ["rekey"], ["bench", "--events", "1"]):
         refused = python_m_tasks(*command, env={**env, "MASKING_MODE": "siv"})
         assert refused.returncode == 2 and refused.stderr.startswith("refused:"), command
@@ -236,9 +320,7 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
 
 
 def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> None:
-    from tests.helpers import python_m_tasks
-
-    token = Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv").mask_ip("199.172.111.135")[0]
+    token = add_row(db, Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv"), "199.172.111.135")
     ok = python_m_tasks("unmask", "--field", "ip", "--reason", "ticket SEC-9", token, env={"MASKING_MODE": "siv"})
     assert ok.returncode == 0 and ok.stdout.strip() == f"{token}\t199.172.111.135"
     other_key = python_m_tasks(
@@ -248,6 +330,10 @@ def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> Non
     assert "199.172.111.135" not in other_key.stdout + other_key.stderr
     one_way = python_m_tasks("unmask", "--field", "ip", "--reason", "x", token, env={"MASKING_MODE": "hmac"})
     assert one_way.returncode == 2 and "one-way" in one_way.stderr
+    for reason, tokens in (("\u200b", [token]), ("ticket SEC-9", ["s1:FAKE"])):
+        refused = python_m_tasks("unmask", "--field", "ip", "--reason", reason, *tokens, env={"MASKING_MODE": "siv"})
+        assert refused.returncode == 2 and refused.stderr.startswith("refused:"), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM unmask_audit WHERE token = %s", (token,))
         assert cur.fetchone()[0] == 1  # only the recovery that succeeded
@@ -293,3 +379,53 @@ def test_a_producer_cannot_choose_the_idempotency_key(db, worker) -> None:
     db.rollback()
     assert len(rows) == 3 and not {"victim-1", "victim-2"} & {r[0] for r in rows}
     assert all(r[1] != date(2023, 11, 14) for r in rows)  # nor the genuine event's date
+
+
+def test_no_secret_setting_in_inspect_conf_flower_or_the_log(database_url: str) -> None:
+    """A worker given every kind of secret: `celery inspect conf`, Flower's worker view
+    (its Config tab's data) and the worker's log show none of them."""
+    secrets = {
+        "FLOWER_BASIC_AUTH": "admin:s3cret-flower-pw",
+        "DATABASE_URL": f"{database_url}{'&' if '?' in database_url else '?'}password=s3cret-db-pw",
+        "AWS_SECRET_ACCESS_KEY": "s3cret-aws-key",
+        "MASKING_KEYS": os.environ["MASKING_KEYS"],
+    }
+    hidden = ["s3cret-flower-pw", "s3cret-db-pw", "s3cret-aws-key", os.environ["MASKING_KEYS"].partition(":")[2]]
+    worker = Worker(f"secrets-{os.getpid()}", env=secrets, args=["--loglevel=DEBUG"])
+    port, auth = free_port(), ("privacy", "test-only-password")
+    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth)})
+    try:
+        inspected = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tasks", "inspect", "conf", "-d", worker.node, "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
+        conf = json.loads(inspected.stdout)[worker.node]
+        shown = wait_until(
+            lambda: (
+                (found := flower_api(port, f"/api/workers?refresh=1&workername={worker.node}", auth))
+                and found.get(worker.node, {}).get("conf")
+                and json.dumps(found)
+            ),
+            timeout=60,
+            what="Flower to show the worker's configuration",
+        )
+    finally:
+        stop_process(flower)
+        worker.stop()
+    assert all(conf[name] == "********" for name in ("FLOWER_BASIC_AUTH", "DATABASE_URL", "MASKING_KEYS", "broker_url"))
+    assert '"FLOWER_BASIC_AUTH": "********"' in shown
+    settings = python_m_tasks("config", env=secrets)
+    assert settings.returncode == 0 and "FLOWER_BASIC_AUTH" in settings.stdout
+    places = {
+        "inspect conf": inspected.stdout,
+        "Flower": shown,
+        "worker log": worker.log.read_text(),
+        "python -m tasks config": settings.stdout + settings.stderr,
+    }
+    for place, text in places.items():
+        leaked = [secret for secret in hidden if secret in text]
+        assert not leaked, f"{len(leaked)} secrets in {place}"

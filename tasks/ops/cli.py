@@ -110,9 +110,8 @@ def _unmask(args: argparse.Namespace) -> int:
     where = recovery.TokenFilter(args.user_id, args.since, args.until)
 
     def work(conn: Any, masker: Any) -> list[str]:
-        tokens = args.tokens or recovery.tokens_matching(conn, args.field, where)
-        values = recovery.unmask(conn, masker, args.field, tokens, args.reason, "" if args.tokens else str(where))
-        return [f"{token}\t{value}" for token, value in zip(tokens, values, strict=True)]
+        recovered = recovery.unmask(conn, masker, args.field, args.reason, where, args.tokens)
+        return [f"{token}\t{value}" for token, value in recovered]
 
     return _recovery_command(work)
 
@@ -195,11 +194,11 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("unmask", help="recover masked values (siv mode, with the key), audited")
     s.add_argument("--field", choices=["ip", "device_id"], required=True)
-    s.add_argument("--reason", required=True, help="why; written to unmask_audit with each value")
+    s.add_argument("--reason", required=True, help="why (visible text); written to unmask_audit with each value")
     s.add_argument("--user-id", help="recover the tokens of this user's rows")
     s.add_argument("--since", type=date.fromisoformat, help="rows created on or after this date (YYYY-MM-DD)")
     s.add_argument("--until", type=date.fromisoformat, help="rows created on or before this date (YYYY-MM-DD)")
-    s.add_argument("tokens", nargs="*", help="tokens to recover (instead of the filters)")
+    s.add_argument("tokens", nargs="*", help="tokens of user_logins to recover (instead of the filters)")
     s.set_defaults(func=_unmask)
 
     s = sub.add_parser("rekey", help="re-tokenise rows to the newest key version (siv mode), resumable")

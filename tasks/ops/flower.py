@@ -11,6 +11,16 @@ the app for Flower (tasks/celery.py), so with or without --conf=flowerconfig.py:
   start (one line, exit status 1) when Flower would listen beyond the loopback without
   auth, when FLOWER_UNAUTHENTICATED_API would open its API to every web page
   (``Access-Control-Allow-Origin: *``), or when control is asked for without auth.
+- The credentials (``credential_refusal``): every basic-auth entry, however it was given
+  (``--basic_auth``, Flower's FLOWER_BASIC_AUTH, ours through flowerconfig.py, a config
+  file), must be "user:password" with a user and a password; beyond the loopback the
+  password must have MIN_PASSWORD_LENGTH characters or more. Checked on the final
+  options, so an empty entry (``--basic_auth=``, ``FLOWER_BASIC_AUTH=:``) never counts
+  as auth.
+- DNS rebinding (``route_by_host``): without auth, Flower answers only requests
+  whose Host is a loopback name (localhost, 127.x.y.z, [::1], with or without a port);
+  any other Host gets 421 before routing, so no handler runs. A page on another site
+  that rebinds its own name to 127.0.0.1 reaches nothing.
 - Read-only by default: Flower's own ``read_only`` mode (every control endpoint answers
   403, the templates hide the controls) is forced on unless FLOWER_ALLOW_CONTROL is set,
   and that needs basic auth, under which Flower refuses cross-site requests.
@@ -31,6 +41,8 @@ Flower internals relied on (flower 2.2.0; tests/test_flower_*.py fail if they ch
 - ``flower.views.BaseHandler.get_broker`` (returns an object with ``async queues(names)``)
   and the keys that templates/broker.html reads of a queue (name, messages,
   messages_ready, messages_unacknowledged, consumers, idle_since).
+- ``flower.app.Flower`` is a tornado ``Application``, which routes every request through
+  ``find_handler`` (install() wraps it) and builds handlers with ``get_handler_delegate``.
 - ``flower.views.monitor.Metrics`` and ``BaseHandler.get_current_user``, which raises 401
   for missing or wrong basic-auth credentials and accepts everyone without auth.
 - ``BaseHandler.check_xsrf_cookie``: under auth, refuses a write whose Sec-Fetch-Site or
@@ -49,6 +61,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import signals
+from flower import app as flower_app
 from flower import urls
 from flower.utils import strtobool
 from flower.views.broker import BrokerView
@@ -62,6 +75,8 @@ from tasks.ops import status
 
 log = logging.getLogger(__name__)
 _installed = False
+# A Flower reachable beyond the loopback needs a password at least this long.
+MIN_PASSWORD_LENGTH = 12
 
 
 def is_loopback(address: str) -> bool:
@@ -74,16 +89,59 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether an HTTP Host header names this machine's loopback (any port)."""
+    name = host.strip().lower()
+    if name.startswith("["):  # "[::1]" or "[::1]:5555"
+        name, _, rest = name[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+    elif name.count(":") == 1:  # "name:port"
+        name, _, port = name.partition(":")
+        if not port.isdigit():
+            return False
+    return name == "localhost" or (name != "" and _is_loopback_ip(name))
+
+
+def _is_loopback_ip(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def has_auth(opts: OptionParser) -> bool:
     return bool(opts.basic_auth or opts.auth)
 
 
+def exposed(opts: OptionParser) -> bool:
+    """Whether Flower would listen beyond this machine (a unix socket is local)."""
+    return not (opts.unix_socket or is_loopback(opts.address))
+
+
+def credential_refusal(entries: Iterable[str], beyond_loopback: bool) -> str | None:
+    """Why these basic-auth entries must not be used, or None; quotes no part of them."""
+    for number, entry in enumerate(entries, start=1):
+        user, colon, password = entry.partition(":")
+        if not (colon and user.strip() and password.strip()):
+            return f"basic auth entry {number} lacks a user or a password: give user:password"
+        if beyond_loopback and len(password) < MIN_PASSWORD_LENGTH:
+            return (
+                f"basic auth entry {number} has a password shorter than {MIN_PASSWORD_LENGTH} characters,"
+                " and Flower would listen beyond the loopback: choose a longer one"
+            )
+    return None
+
+
 def refusal(opts: OptionParser, allow_control: bool, environ: Mapping[str, str]) -> str | None:
     """Why Flower must not start with these final options, or None."""
+    bad_credential = credential_refusal(opts.basic_auth or [], exposed(opts))
+    if bad_credential:
+        return bad_credential
     if has_auth(opts):
         return None
     where = "a unix socket" if opts.unix_socket else (opts.address or "every interface")
-    if not (opts.unix_socket or is_loopback(opts.address)):
+    if exposed(opts):
         return f"Flower would listen on {where} without auth: set FLOWER_BASIC_AUTH=user:password or use 127.0.0.1"
     if strtobool(environ.get("FLOWER_UNAUTHENTICATED_API") or "false"):
         return "FLOWER_UNAUTHENTICATED_API opens Flower's API to every web page: set FLOWER_BASIC_AUTH instead"
@@ -145,6 +203,28 @@ class AuthenticatedMetrics(Metrics):
         await super().get()
 
 
+class MisdirectedRequest(web.RequestHandler):
+    """421 for a request whose Host is not this machine's loopback, whatever its method."""
+
+    def prepare(self) -> None:
+        raise web.HTTPError(421, reason="Misdirected Request")
+
+    def check_xsrf_cookie(self) -> None:  # runs before prepare() on a POST: the same answer
+        self.prepare()
+
+
+def route_by_host(find_handler: Any) -> Any:
+    """Flower's router, answering 421 before routing when no auth is configured and the
+    Host header is not a loopback name (DNS rebinding)."""
+
+    def find_checked_handler(self: web.Application, request: Any, **kwargs: Any) -> Any:
+        if not has_auth(options) and not is_loopback_host(request.host or ""):
+            return self.get_handler_delegate(request, MisdirectedRequest)
+        return find_handler(self, request, **kwargs)
+
+    return find_checked_handler
+
+
 def _route_pattern(route: Any) -> str:
     return route.regex.pattern.removesuffix("$") if isinstance(route, web.URLSpec) else route[0]
 
@@ -170,5 +250,6 @@ def install() -> None:
         return
     replace_route("/broker", SqsBrokerView)
     replace_route("/metrics", AuthenticatedMetrics)
+    flower_app.Flower.find_handler = route_by_host(flower_app.Flower.find_handler)
     signals.import_modules.connect(_check_when_flower_starts, weak=False)
     _installed = True

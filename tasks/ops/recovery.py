@@ -1,12 +1,17 @@
 """Recovery of masked values, and re-tokenising rows to the newest key.
 
-`unmask` works in ``siv`` mode only, with the key. It takes tokens, or picks them by
-filter options (user id, date range) with one fixed, parameterised query: no free
-SQL. Every value is audited before it is shown, through the database function
-record_unmask(), which sets the time and the database user itself; the recovery role
-has no other way to write the audit and cannot read, change or delete it. (Whoever holds
-the siv key can decrypt tokens without this command, and so without an audit: the key is
-the control; the audit records its use through here.) `rekey`
+`unmask` works in ``siv`` mode only, with the key. It names tokens, or filter options
+(user id, date range), and the database function recover_tokens() (init.sql, SECURITY
+DEFINER) picks the tokens itself: those of user_logins that the filter selects, or the
+given tokens if every one of them is in user_logins. It writes one audit row per token
+(the time and the database user set by the database, the filter, the reason) and
+returns exactly those tokens; `unmask` decrypts those and nothing else, in the same
+transaction, and commits the audit before it shows a value (a token that fails to
+decrypt rolls it back). So the audit describes only what was handed out, and the
+recovery role has no other way to write it, nor to read, change or delete it. A reason
+needs visible text, here and in the database. (Whoever holds the siv key can decrypt
+tokens without this command, and so without an audit: the key is the control; the
+audit records its use through here.) `rekey`
 re-tokenises user_logins in small batches, each its own short transaction, so it holds
 no long lock and can be stopped and run again; it needs ``siv`` (an HMAC token cannot
 be re-keyed without the raw value).
@@ -14,16 +19,15 @@ be re-keyed without the raw value).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 
+import psycopg2.errors
 import psycopg2.extras
 
 from tasks.pipeline import store
-from tasks.pipeline.masking import FIELDS, Masker, TokenError, parse_token
-
-COLUMNS = {"ip": "masked_ip", "device_id": "masked_device_id"}
-assert set(COLUMNS) == set(FIELDS)
+from tasks.pipeline.masking import Masker, TokenError, parse_token
 
 
 class RecoveryRefused(RuntimeError):
@@ -38,46 +42,41 @@ class TokenFilter:
     since: date | None = None
     until: date | None = None
 
-    def __str__(self) -> str:
-        parts = [f"{name}={value}" for name, value in vars(self).items() if value is not None]
-        return " ".join(parts)
-
 
 def check_mode(masker: Masker) -> None:
     if masker.mode != "siv":
         raise RecoveryRefused("values masked in hmac mode are one-way; recovery needs MASKING_MODE=siv")
 
 
-def tokens_matching(conn: store.Connection, field: str, where: TokenFilter) -> list[str]:
-    """The distinct tokens of `field` in the rows the filter selects (read-only)."""
-    if where.user_id is None and where.since is None and where.until is None:
-        raise RecoveryRefused("give tokens, or at least one of --user-id, --since, --until")
-    column = COLUMNS[field]  # a fixed name from a closed set, never user input
-    with conn.cursor() as cur:
-        cur.execute("SET TRANSACTION READ ONLY")
-        cur.execute(
-            f"SELECT DISTINCT {column} FROM user_logins WHERE {column} IS NOT NULL"
-            " AND (%(user)s::text IS NULL OR user_id = %(user)s)"
-            " AND (%(since)s::date IS NULL OR create_date >= %(since)s)"
-            " AND (%(until)s::date IS NULL OR create_date <= %(until)s)",
-            {"user": where.user_id, "since": where.since, "until": where.until},
-        )
-        tokens = [row[0] for row in cur.fetchall()]
-    conn.rollback()
-    return tokens
+def has_visible_text(reason: str) -> bool:
+    """Whether a reason holds a letter, digit, punctuation mark or symbol (not only white
+    space, control, format or combining characters such as a zero-width space)."""
+    return any(unicodedata.category(char)[0] in "LNPS" for char in reason)
 
 
 def unmask(
-    conn: store.Connection, masker: Masker, field: str, tokens: list[str], reason: str, where: str = ""
-) -> list[str]:
-    """The original (normalised) values of tokens, each audited first."""
+    conn: store.Connection,
+    masker: Masker,
+    field: str,
+    reason: str,
+    where: TokenFilter | None = None,
+    tokens: list[str] | None = None,
+) -> list[tuple[str, str]]:
+    """(token, original value) for the tokens that recover_tokens() picks and audits."""
     check_mode(masker)
-    if not reason.strip():
-        raise RecoveryRefused("a reason is required for every recovery")
-    values = [masker.unmask(field, token) for token in tokens]  # TokenError before any audit
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT public.record_unmask(%s, %s, %s, %s)", (field, tokens, reason, where or "tokens given"))
-    return values
+    if not has_visible_text(reason):
+        raise RecoveryRefused("a reason with visible text is required for every recovery")
+    where = where or TokenFilter()
+    try:
+        with conn, conn.cursor() as cur:  # commits the audit only if every token decrypts
+            cur.execute(
+                "SELECT token FROM public.recover_tokens(%s, %s, %s, %s, %s, %s) AS token",
+                (field, reason, where.user_id, where.since, where.until, tokens or None),
+            )
+            chosen = [row[0] for row in cur.fetchall()]
+            return [(token, masker.unmask(field, token)) for token in chosen]
+    except psycopg2.errors.InvalidParameterValue as exc:
+        raise RecoveryRefused(exc.diag.message_primary or "recovery refused by the database") from None
 
 
 def _retoken(masker: Masker, field: str, token: str | None) -> str | None:

@@ -9,8 +9,12 @@ is refused. Key bytes are never logged or put in a task's arguments.
 The development key that `stack up` makes is known by its bytes (they begin with
 DEVELOPMENT_PREFIX), wherever it is copied, and the stack keeps its fingerprint beside
 itself (STACK_DIR/development-key.sha256). Everything that masks or unmasks refuses a
-development key unless that file, in the configured STACK_DIR, names this very key:
-outside the embedded stack that made it, it is refused by default.
+development key unless (``refuse_development_key``) that file, in the configured
+STACK_DIR, names this very key, SQS is reached on the loopback (the embedded LocalStack
+listens there only) and the database is the stack's own (DATABASE_URL unset or equal to
+STACK_DIR/database.url) on this machine (a unix socket or the loopback). A fingerprint
+copied into another folder is not enough: real SQS or a database elsewhere is refused
+whatever the folder holds. What this does not prevent is in docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg2.extensions
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -125,15 +132,60 @@ def load_key_ring(inline: str, path: str) -> KeyRing:
     raise MaskingKeyError("no masking key is configured (MASKING_KEYS or MASKING_KEYS_FILE)")
 
 
-def refuse_development_key(keys: KeyRing, stack_dir: Path) -> None:
+@dataclass(frozen=True)
+class Surroundings:
+    """Where a key ring is used: STACK_DIR, SQS_ENDPOINT_URL ("" for real AWS),
+    DATABASE_URL as configured ("" for the stack's own) and the stack's database.url."""
+
+    stack_dir: Path
+    sqs_endpoint: str
+    database_url: str
+    stack_database_file: Path
+
+
+def refuse_development_key(keys: KeyRing, where: Surroundings) -> None:
     """MaskingKeyError for a development key outside the embedded stack that made it."""
     if not keys.development:
         return
-    marker = stack_dir / FINGERPRINT_FILE
-    if not (marker.exists() and marker.read_text().strip() == keys.fingerprint()):
+    why = _outside_the_stack(keys, where)
+    if why:
         raise MaskingKeyError(
-            "the development key may only mask inside the embedded stack that made it; configure a key of your own"
+            f"the development key may only mask inside the embedded stack that made it ({why});"
+            " configure a key of your own"
         )
+
+
+def _outside_the_stack(keys: KeyRing, where: Surroundings) -> str | None:
+    marker = where.stack_dir / FINGERPRINT_FILE
+    if not (marker.exists() and marker.read_text().strip() == keys.fingerprint()):
+        return "STACK_DIR does not hold its fingerprint"
+    if not (where.sqs_endpoint and _is_loopback(urlsplit(where.sqs_endpoint).hostname or "")):
+        return "SQS_ENDPOINT_URL is not a LocalStack on the loopback"
+    own = where.stack_database_file.read_text().strip() if where.stack_database_file.exists() else ""
+    if where.database_url and where.database_url != own:
+        return "DATABASE_URL is not the stack's own database"
+    if own and not _on_this_machine(own):
+        return "the stack's database.url names a server on another machine"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _on_this_machine(database_url: str) -> bool:
+    """Whether every host a PostgreSQL URL names is a unix socket or the loopback."""
+    try:
+        dsn = psycopg2.extensions.parse_dsn(database_url)
+    except psycopg2.ProgrammingError:
+        return False
+    hosts = [h for h in (dsn.get("hostaddr", "") + "," + dsn.get("host", "")).split(",") if h]
+    return all(host.startswith("/") or _is_loopback(host) for host in hosts)
 
 
 def new_key_line(version: int, prefix: bytes = b"") -> str:

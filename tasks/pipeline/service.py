@@ -22,7 +22,7 @@ import psycopg2
 import celeryconfig as config
 from tasks.pipeline import store
 from tasks.pipeline.deadletter import DeadLetterQueue
-from tasks.pipeline.keys import KeyRing, load_key_ring, refuse_development_key
+from tasks.pipeline.keys import KeyRing, Surroundings, load_key_ring, refuse_development_key
 from tasks.pipeline.masking import Masker, ValueTooLong
 from tasks.pipeline.records import DeadLetter, Invalid, SourceMessage, parse_event
 from tasks.pipeline.retry import describe
@@ -35,7 +35,8 @@ def load_key_ring_checked() -> KeyRing:
     """The configured key ring; MaskingKeyError if there is none, or if it is the
     embedded stack's development key outside the stack that made it."""
     keys = load_key_ring(config.MASKING_KEYS, config.MASKING_KEYS_FILE)
-    refuse_development_key(keys, config.STACK_DIR)
+    where = Surroundings(config.STACK_DIR, config.SQS_ENDPOINT_URL, config.DATABASE_URL, config.DATABASE_URL_FILE)
+    refuse_development_key(keys, where)
     return keys
 
 

@@ -22,7 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMANDS: dict[str, CommandWords] = commands()
 # Options of other programs that the docs name in spans of their own.
-FOREIGN_OPTIONS = {"--address": "Flower", "--strict": "pip-audit", "--loglevel": "celery worker"}
+FOREIGN_OPTIONS = {
+    "--address": "Flower",
+    "--basic_auth": "Flower",
+    "--strict": "pip-audit",
+    "--loglevel": "celery worker",
+}
 # Spans that are another program's command line: their options are that program's.
 FOREIGN_COMMANDS = re.compile(r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make)\b")
 INVOCATION = re.compile(r"python -m tasks\b(.*)")

@@ -1,12 +1,20 @@
 """Masking: deterministic, keyed, field-separated, normalised, versioned."""
 
 import base64
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.pipeline.keys import MaskingKeyError, create_development_key, parse_key_ring, refuse_development_key
+from tasks.pipeline.keys import (
+    MaskingKeyError,
+    Surroundings,
+    create_development_key,
+    parse_key_ring,
+    refuse_development_key,
+)
 from tasks.pipeline.masking import Masker, TokenError, normalise_ip, token_version
 
 
@@ -55,17 +63,59 @@ def test_a_key_ring_naming_one_version_twice_is_refused() -> None:
         parse_key_ring(ring((1, 1), (1, 2)))
 
 
+def the_stack(stack: Path, **changed: object) -> Surroundings:
+    """The embedded stack in `stack` as `stack up` leaves it, with some settings changed."""
+    where = Surroundings(stack, "http://localhost:4566", "", stack / "database.url")
+    return replace(where, **changed)
+
+
 def test_the_development_key_is_refused_outside_the_stack_that_made_it(tmp_path) -> None:
-    create_development_key(tmp_path / "stack" / "masking.keys", tmp_path / "stack")
-    keys = parse_key_ring((tmp_path / "stack" / "masking.keys").read_text())
-    refuse_development_key(keys, tmp_path / "stack")  # its own stack: allowed
+    stack = tmp_path / "stack"
+    create_development_key(stack / "masking.keys", stack)
+    (stack / "database.url").write_text("postgresql://postgres:@/postgres?host=/tmp/pg-socket\n")
+    keys = parse_key_ring((stack / "masking.keys").read_text())
+    refuse_development_key(keys, the_stack(stack))  # its own stack: allowed
+    refuse_development_key(keys, the_stack(stack, sqs_endpoint="http://127.0.0.1:4599"))
+    refuse_development_key(keys, the_stack(stack, database_url="postgresql://postgres:@/postgres?host=/tmp/pg-socket"))
     copied = parse_key_ring(
-        "\n".join(
-            line for line in (tmp_path / "stack" / "masking.keys").read_text().splitlines() if not line.startswith("#")
-        )
+        "\n".join(line for line in (stack / "masking.keys").read_text().splitlines() if not line.startswith("#"))
     )
-    with pytest.raises(MaskingKeyError, match="development key"):
-        refuse_development_key(copied, tmp_path / "elsewhere")
+    with pytest.raises(MaskingKeyError, match="fingerprint"):
+        refuse_development_key(copied, the_stack(tmp_path / "elsewhere"))
+
+
+@pytest.mark.parametrize(
+    ("changed", "why"),
+    [
+        ({"sqs_endpoint": ""}, "SQS_ENDPOINT_URL"),  # real AWS
+        ({"sqs_endpoint": "https://sqs.eu-west-1.amazonaws.com"}, "SQS_ENDPOINT_URL"),
+        ({"sqs_endpoint": "http://localstack.prod.internal:4566"}, "SQS_ENDPOINT_URL"),
+        ({"database_url": "postgresql://app@db.prod.internal/logins"}, "DATABASE_URL"),
+        ({"database_url": "postgresql://postgres@127.0.0.1:5432/other"}, "DATABASE_URL"),
+    ],
+    ids=["real-aws", "aws-endpoint", "remote-localstack", "remote-database", "another-local-database"],
+)
+def test_a_copied_fingerprint_does_not_take_the_key_to_real_services(tmp_path, changed: dict, why: str) -> None:
+    """The issue's recipe: the key and its fingerprint copied into a folder of one's own,
+    then pointed at real SQS or another database."""
+    fake = tmp_path / "fake-stack"
+    create_development_key(tmp_path / "masking.keys", fake)
+    keys = parse_key_ring((tmp_path / "masking.keys").read_text())
+    refuse_development_key(keys, the_stack(fake))  # a stack of its own on this machine: allowed
+    with pytest.raises(MaskingKeyError, match=why):
+        refuse_development_key(keys, the_stack(fake, **changed))
+
+
+def test_a_database_url_file_naming_a_remote_server_is_refused(tmp_path) -> None:
+    fake = tmp_path / "fake-stack"
+    create_development_key(tmp_path / "masking.keys", fake)
+    keys = parse_key_ring((tmp_path / "masking.keys").read_text())
+    for remote in ("postgresql://app@db.prod.internal/logins", "postgresql://app@/x?host=/tmp/s,db.prod.internal"):
+        (fake / "database.url").write_text(remote)
+        with pytest.raises(MaskingKeyError, match="another machine"):
+            refuse_development_key(keys, the_stack(fake))
+        with pytest.raises(MaskingKeyError, match="another machine"):
+            refuse_development_key(keys, the_stack(fake, database_url=remote))
 
 
 @pytest.mark.parametrize(
