@@ -21,7 +21,7 @@ import pgserver
 import pytest
 
 import celeryconfig as config
-from tasks.dev import runner, seed
+from tasks.dev import runner, seed, soak
 from tasks.pipeline import store
 from tests.helpers import (
     SHUTDOWN_BOUND,
@@ -250,3 +250,22 @@ def test_run_drain_rides_out_a_database_and_an_sqs_outage(db, database_url) -> N
         stop_gracefully(run)
         outage.cut()
         db.close()
+
+
+def test_randomized_soak_with_faults_combined(database_url) -> None:
+    """Two workers and a separate beat under a steady feed, while workers are SIGKILLed
+    and SIGTERMed, beat is killed, the database refuses connections and LocalStack is
+    frozen, at moments drawn from a seed, some at once (tasks/dev/soak.py). 75 s here;
+    `python -m tasks faults --soak MINUTES --seed N` runs it longer (SOAK_SECONDS,
+    SOAK_SEED and SOAK_VERDICT are how that command talks to this test)."""
+    seconds = float(os.environ.get("SOAK_SECONDS") or soak.SHORT_SECONDS)
+    seed_value = int(os.environ.get("SOAK_SEED") or soak.SHORT_SEED)
+    outcome = soak.Soak(seed_value, seconds, database_url, say=lambda line: print(line, flush=True)).run()
+    if verdict := os.environ.get("SOAK_VERDICT"):
+        Path(verdict).write_text(outcome.verdict() + "\n")
+    if outcome.counts:
+        faults = len(soak.schedule(seed_value, seconds))
+        RESULTS.append(
+            {"fault": f"randomized soak: {faults} faults in {seconds:.0f} s (seed {seed_value})", **outcome.counts}
+        )
+    assert not outcome.findings(), outcome.verdict()
