@@ -57,9 +57,13 @@ class Fault:
     worker: int  # the worker slot (0 or 1) a worker fault hits; 0 otherwise
     lasts: float  # seconds of an outage, or of beat's absence; 0 for worker faults
 
-    def __str__(self) -> str:
+    @property
+    def what(self) -> str:
         what = f"{self.kind} (worker {self.worker})" if self.kind.startswith("worker") else self.kind
-        return f"t+{self.at:6.1f} s  {what}" + (f" for {self.lasts:.1f} s" if self.lasts else "")
+        return what + (f" for {self.lasts:.1f} s" if self.lasts else "")
+
+    def __str__(self) -> str:
+        return f"t+{self.at:6.1f} s  {self.what}"
 
 
 def schedule(seed: int, seconds: float) -> list[Fault]:
@@ -161,6 +165,7 @@ class Soak:
             "LocalStack frozen": helpers.Frozen(pid),
         }
         self.until: dict[str, float] = {}  # an outage in force, and when it ends
+        self.pending: list[Action] = []
         self.started = 0.0
 
     # --- the processes -------------------------------------------------------------
@@ -208,10 +213,11 @@ class Soak:
                 self.h.kill_group(self.beat)
                 self.pending.append(Action(self.clock() + fault.lasts, "beat restarted", self._start_beat))
             else:
-                if fault.kind not in self.until:
-                    self.outages[fault.kind].cut()
-                    self.pending.append(Action(fault.at + fault.lasts, f"{fault.kind}: over", self._end(fault.kind)))
+                in_force = fault.kind in self.until
                 self.until[fault.kind] = max(self.until.get(fault.kind, 0.0), self.clock() + fault.lasts)
+                if not in_force:  # noted first, so that whatever happens next restores it
+                    self.pending.append(Action(fault.at + fault.lasts, f"{fault.kind}: over", self._end(fault.kind)))
+                    self.outages[fault.kind].cut()
             return True
 
         return step
@@ -233,13 +239,13 @@ class Soak:
         return True
 
     def _play(self) -> None:
-        self.pending = [Action(f.at, str(f), self._begin(f)) for f in self.faults]
+        self.pending = [Action(f.at, f.what, self._begin(f)) for f in self.faults]
         self.pending.append(Action(self.seconds, "feed stopped", self._feed_over))
         while self.pending:
             for action in sorted((a for a in self.pending if a.at <= self.clock()), key=lambda a: a.at):
                 if action.step():
                     self.pending.remove(action)
-                    self.say(f"t+{self.clock():6.1f} s  done: {action.name}")
+                    self.say(f"t+{self.clock():6.1f} s  {action.name}")
             time.sleep(0.1)
 
     def _restore_all(self) -> None:
