@@ -429,7 +429,8 @@ def tally(messages: dict[str, str], db: store.Connection) -> dict[str, Any]:
 
 
 class Feeder:
-    """Sends `per_second` events a second from a thread, so that batches keep flowing.
+    """Sends `per_second` events a second from a thread, so that batches keep flowing
+    (a chunk each second; behind, after a slow send, the next chunks go at once).
 
     A chunk is counted as sent before it goes out, and sent again (same ids) until SQS
     takes it: a slow or frozen SQS delays the feed, and a chunk SQS took but whose answer
@@ -447,8 +448,8 @@ class Feeder:
 
     def _feed(self, per_second: int, seed_value: int, prefix: str) -> None:
         generated = seed.generate(10**7, seed=seed_value)
-        n = 0
-        while not self.stopped.wait(1.0):
+        n, tick = 0, time.monotonic()
+        while not self.stopped.wait(max(0.0, (tick := tick + 1.0) - time.monotonic())):  # behind: catch up
             chunk = {}
             for body, valid in (next(generated) for _ in range(per_second)):
                 chunk[f"{prefix}-{n}"] = body
