@@ -42,3 +42,10 @@ def test_the_verdict_names_what_failed_and_how_to_replay_it() -> None:
     assert verdict.startswith("soak FAILED (seed 9, 600 s)")
     assert "1 lost" in verdict and "soak-w0-3 took 25.0 s" in verdict
     assert verdict.endswith("(replay: python -m tasks faults --soak 10 --seed 9)")
+
+
+def test_a_soak_of_no_minutes_is_refused_in_one_line(capsys) -> None:
+    from tasks.ops import cli
+
+    assert cli.main(["faults", "--soak", "0", "--seed", "4"]) == 2
+    assert capsys.readouterr().err == "refused: --soak takes a positive number of minutes, not 0\n"
