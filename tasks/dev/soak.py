@@ -332,10 +332,10 @@ def found_in(raw: set[str], texts: Iterable[str]) -> set[str]:
     (the seed's ips and device ids) are looked up among the substrings of each such run
     of characters, which is exact and fast; any other value by a plain search."""
     shaped = {v for v in raw if RUN.fullmatch(v)}
-    lengths = {len(v) for v in shaped}
+    others, lengths = raw - shaped, {len(v) for v in shaped}
     found = set()
     for text in texts:
-        found |= {v for v in raw - shaped if v in text}
+        found |= {v for v in others if v in text}
         for run in RUN.findall(text):
             found |= {run[i : i + n] for n in lengths for i in range(len(run) - n + 1)} & shaped
     return found
