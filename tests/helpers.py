@@ -1,6 +1,7 @@
 """The tests' shared helpers: real processes (started, tracked and always killed with
-their process group), waiting for a condition, free ports, a TCP outage proxy, and
-reading the queues and the ledger the way an operator would."""
+their process group), waiting for a condition, free ports, the outages a test causes
+(a TCP proxy cut, the database refusing connections, a frozen process group), a feeder
+of events, and reading the queues and the ledger the way an operator would."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from typing import Any, TypeVar
 
 import celeryconfig as config
 from tasks.broker import aws
-from tasks.dev import runner
+from tasks.dev import runner, seed
 from tasks.ops import status
 from tasks.pipeline import store
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# How long a warm shutdown may take here: the longest fetch (FETCH_MAX_SECONDS) or
+# batch, plus 10 s. In production: the hard time limit plus 10 s (README, "Shutdown").
+SHUTDOWN_BOUND = config.FETCH_MAX_SECONDS + 15
 
 
 STARTED: list[subprocess.Popen] = []
@@ -135,6 +139,10 @@ class Worker:
         if ready:
             self.ready()
 
+    def is_ready(self) -> bool:
+        """Whether it said it is ready (without waiting)."""
+        return "ready." in self.log.read_text(errors="replace")
+
     def ready(self) -> None:
         try:
             self.wait_for("ready.")
@@ -236,6 +244,50 @@ class Outage:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+class RefusedConnections:
+    """The pipeline's database refusing connections, as in an outage or a restart: while
+    cut, new connections are refused and every open one is terminated."""
+
+    def __init__(self, database_url: str, database: str = "postgres") -> None:
+        self.admin_url = database_url.replace(f"/{database}?", "/template1?")
+        self.database = database
+
+    def _admin(self, *statements: str) -> None:
+        admin = store.connect(self.admin_url)
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement, {"db": self.database})
+        finally:
+            admin.close()
+
+    def cut(self) -> None:
+        self._admin(
+            f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false',
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %(db)s",
+        )
+
+    def restore(self) -> None:
+        self._admin(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS true')
+
+
+class Frozen:
+    """SIGSTOP, then SIGCONT, the process group of a process this test stack started (its
+    environment names the stack folder): never anyone else's."""
+
+    def __init__(self, pid: int) -> None:
+        assert pid in processes_of(config.STACK_DIR), f"process {pid} is not this test stack's"
+        assert os.getpgid(pid) == pid, f"process {pid} does not lead its own process group"
+        self.pgid = pid
+
+    def cut(self) -> None:
+        os.killpg(self.pgid, signal.SIGSTOP)
+
+    def restore(self) -> None:
+        os.killpg(self.pgid, signal.SIGCONT)
 
 
 def flower_request(
@@ -346,11 +398,86 @@ def dead_letters(queue: str | None = None) -> list[dict[str, Any]]:
 
 
 def dead_letter_ids() -> dict[str, str]:
-    """Every dead letter now in login-queue-dlq: original id -> reason."""
+    """Every dead letter now in login-queue-dlq: original id -> reason ("" where it has
+    none: SQS's own redrive of a message received SOURCE_MAX_RECEIVES times)."""
+    letters = {}
+    for m in dead_letters():
+        attributes = m["MessageAttributes"]
+        reason = attributes.get("reason", {}).get("StringValue", "")
+        letters[attributes.get("source_message_id", {}).get("StringValue", m["MessageId"])] = reason
+    return letters
+
+
+def tally(messages: dict[str, str], db: store.Connection) -> dict[str, Any]:
+    """How the events sent ended: rows, dead letters (`letters`: id -> reason), duplicate
+    deliveries skipped, and how many are lost (neither) or doubled (two rows, or a row
+    and a dead letter). Read once the pipeline is idle."""
+    with db.cursor() as cur:
+        cur.execute("SELECT message_id FROM user_logins")
+        rows = [r[0] for r in cur.fetchall()]
+    db.rollback()
+    letters = dead_letter_ids()
     return {
-        m["MessageAttributes"]["source_message_id"]["StringValue"]: m["MessageAttributes"]["reason"]["StringValue"]
-        for m in dead_letters()
+        "sent": len(messages),
+        "rows": len(rows),
+        "dead_letters": len(letters),
+        "duplicate_deliveries_skipped": store.totals(db)["duplicates"],
+        "lost": len(set(messages) - set(rows) - set(letters)),
+        "doubled": len(rows) - len(set(rows)) + len(set(rows) & set(letters)),
+        "letters": letters,
     }
+
+
+class Feeder:
+    """Sends `per_second` events a second from a thread, so that batches keep flowing
+    (a chunk each second; behind, after a slow send, the next chunks go at once).
+
+    A chunk is counted as sent before it goes out, and sent again (same ids) until SQS
+    takes it: a slow or frozen SQS delays the feed, and a chunk SQS took but whose answer
+    was lost is a duplicate delivery, which the pipeline skips. Only a chunk that could
+    never be sent shows as lost, and `stop` then fails with the error."""
+
+    def __init__(self, per_second: int, seed_value: int, prefix: str | None = None) -> None:
+        self.messages: dict[str, str] = {}
+        self.valid = 0
+        self.error: str | None = None
+        self.stopped = threading.Event()
+        prefix = prefix or str(seed_value)
+        self.thread = threading.Thread(target=self._feed, args=(per_second, seed_value, prefix), daemon=True)
+        self.thread.start()
+
+    def _feed(self, per_second: int, seed_value: int, prefix: str) -> None:
+        generated = seed.generate(10**7, seed=seed_value)
+        n, tick = 0, time.monotonic()
+        while not self.stopped.wait(max(0.0, (tick := tick + 1.0) - time.monotonic())):  # behind: catch up
+            chunk = {}
+            for body, valid in (next(generated) for _ in range(per_second)):
+                chunk[f"{prefix}-{n}"] = body
+                self.valid += valid
+                n += 1
+            self.messages.update(chunk)
+            try:
+                self._send(chunk)
+            except Exception as exc:
+                self.error = f"the feeder could not send {len(chunk)} events: {exc!r}"
+                return
+
+    @staticmethod
+    def _send(chunk: dict[str, str], attempts: int = 10) -> None:
+        for attempt in range(attempts):
+            try:
+                send_with_ids(chunk)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1)  # SQS slow, frozen or refusing: a second, then the same ids again
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive(), "the feeder did not stop within 120 s"
+        assert self.error is None, self.error
 
 
 def drained(db: store.Connection, expected: int, timeout: float = 120) -> dict[str, int]:

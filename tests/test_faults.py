@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,25 +21,25 @@ import pgserver
 import pytest
 
 import celeryconfig as config
-from tasks.dev import runner, seed
+from tasks.dev import runner, seed, soak
 from tasks.pipeline import store
 from tests.helpers import (
+    SHUTDOWN_BOUND,
+    Feeder,
     Outage,
+    RefusedConnections,
     Worker,
-    dead_letter_ids,
     free_port,
     kill_group,
     send_with_ids,
     settle,
     spawn,
+    tally,
     wait_until,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean")]
 RESULTS: list[dict[str, object]] = []
-# How long a warm shutdown may take here: the longest fetch (FETCH_MAX_SECONDS) or
-# batch, plus 10 s. In production: the hard time limit plus 10 s (README, "Shutdown").
-SHUTDOWN_BOUND = config.FETCH_MAX_SECONDS + 15
 
 
 def events(count: int, seed_value: int) -> tuple[dict[str, str], int]:
@@ -51,27 +50,11 @@ def events(count: int, seed_value: int) -> tuple[dict[str, str], int]:
 
 def account(fault: str, messages: dict[str, str], valid: int, db) -> None:
     settle()
-    with db.cursor() as cur:
-        cur.execute("SELECT message_id FROM user_logins")
-        rows = [r[0] for r in cur.fetchall()]
-    db.rollback()
-    letters = dead_letter_ids()
-    duplicates = store.totals(db)["duplicates"]
-    lost = set(messages) - set(rows) - set(letters)
-    doubled = len(rows) - len(set(rows)) + len(set(rows) & set(letters))
-    RESULTS.append(
-        {
-            "fault": fault,
-            "sent": len(messages),
-            "rows": len(rows),
-            "dead_letters": len(letters),
-            "duplicate_deliveries_skipped": duplicates,
-            "lost": len(lost),
-            "doubled": doubled,
-        }
-    )
-    assert not lost and not doubled
-    assert len(rows) == valid and len(letters) == len(messages) - valid
+    counts = tally(messages, db)
+    letters = counts.pop("letters")
+    RESULTS.append({"fault": fault, **counts})
+    assert not counts["lost"] and not counts["doubled"]
+    assert counts["rows"] == valid and counts["dead_letters"] == len(messages) - valid
     assert all(letters.values())
 
 
@@ -99,33 +82,6 @@ def test_worker_killed_mid_batch(db) -> None:
         account("worker SIGKILLed mid-run", messages, valid, db)
     finally:
         survivor.stop()
-
-
-class Feeder:
-    """Sends events at a steady rate from a thread, so that batches keep flowing."""
-
-    def __init__(self, per_second: int, seed_value: int) -> None:
-        self.messages: dict[str, str] = {}
-        self.valid = 0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._feed, args=(per_second, seed_value), daemon=True)
-        self.thread.start()
-
-    def _feed(self, per_second: int, seed_value: int) -> None:
-        generated = seed.generate(10**6, seed=seed_value)
-        n = 0
-        while not self.stopped.wait(1.0):
-            chunk = {}
-            for body, valid in (next(generated) for _ in range(per_second)):
-                chunk[f"{seed_value}-{n}"] = body
-                self.valid += valid
-                n += 1
-            send_with_ids(chunk)
-            self.messages.update(chunk)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=30)
 
 
 def test_sigterm_at_random_moments_of_a_batch_stream_always_ends_the_worker(db) -> None:
@@ -275,17 +231,12 @@ def test_run_drain_rides_out_a_database_and_an_sqs_outage(db, database_url) -> N
     try:
         send_with_ids(messages)
         first_rows(db, 250)
-        admin = store.connect(database_url.replace("/postgres?", "/template1?"))
-        admin.autocommit = True
-        with admin.cursor() as cur:  # no new connections, and every open one cut
-            cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS false")
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'postgres'")
+        refused = RefusedConnections(database_url)
+        refused.cut()  # no new connections, and every open one cut
         try:
             wait_until(lambda: "database unreachable, retrying" in log.read_text(), timeout=30, what="the run to say")
         finally:
-            with admin.cursor() as cur:
-                cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS true")
-            admin.close()
+            refused.restore()
         db = store.connect(database_url)
         outage.cut()
         wait_until(lambda: "SQS unreachable, retrying" in log.read_text(), timeout=30, what="the run to say so")
@@ -299,3 +250,22 @@ def test_run_drain_rides_out_a_database_and_an_sqs_outage(db, database_url) -> N
         stop_gracefully(run)
         outage.cut()
         db.close()
+
+
+def test_randomized_soak_with_faults_combined(database_url) -> None:
+    """Two workers and a separate beat under a steady feed, while workers are SIGKILLed
+    and SIGTERMed, beat is killed, the database refuses connections and LocalStack is
+    frozen, at moments drawn from a seed, some at once (tasks/dev/soak.py). 75 s here;
+    `python -m tasks faults --soak MINUTES --seed N` runs it longer (SOAK_SECONDS,
+    SOAK_SEED and SOAK_VERDICT are how that command talks to this test)."""
+    seconds = float(os.environ.get("SOAK_SECONDS") or soak.SHORT_SECONDS)
+    seed_value = int(os.environ.get("SOAK_SEED") or soak.SHORT_SEED)
+    outcome = soak.Soak(seed_value, seconds, database_url, say=lambda line: print(line, flush=True)).run()
+    if verdict := os.environ.get("SOAK_VERDICT"):
+        Path(verdict).write_text(outcome.verdict() + "\n")
+    if outcome.counts:
+        faults = len(soak.schedule(seed_value, seconds))
+        RESULTS.append(
+            {"fault": f"randomized soak: {faults} faults in {seconds:.0f} s (seed {seed_value})", **outcome.counts}
+        )
+    assert not outcome.findings(), outcome.verdict()

@@ -132,6 +132,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _faults(args: argparse.Namespace) -> int:
+    if args.soak is not None:
+        from tasks.dev import soak
+
+        return soak.run(args.soak, args.seed)
     from tasks.dev import faults
 
     return faults.run(write=args.write_docs)
@@ -212,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("faults", help="run the fault scenarios on a test stack and print their table")
     s.add_argument("--write-docs", action="store_true", help="write the table into docs/reliability.md")
+    s.add_argument("--soak", type=float, metavar="MINUTES", help="instead: the randomized soak, faults combined")
+    s.add_argument("--seed", type=int, default=1, help="the soak's seed: the same seed, the same fault schedule")
     s.set_defaults(func=_faults)
 
     s = sub.add_parser("conformance", help="Celery's and kombu's integration suites, stock SQS against ours")
