@@ -90,7 +90,7 @@ def test_sigterm_at_random_moments_of_a_batch_stream_always_ends_the_worker(db) 
     or doubled."""
     rng = random.Random(12)
     beat = spawn(runner.beat_command(), config.STACK_DIR / "beat.log")
-    feeder = Feeder(per_second=300, seed_value=2)
+    feeder = Feeder(per_second=190, seed_value=2)  # the load it had before the feeder kept its rate
     current = Worker("sigterm-0")
     workers = [current]
     exits: list[float] = []
