@@ -72,6 +72,21 @@ def test_compose_sets_only_settings_that_celeryconfig_reads() -> None:
 def test_the_configmap_sets_only_known_settings(manifest: Path) -> None:
     data = yaml.safe_load(manifest.read_text())["data"]
     assert set(data) <= SETTINGS
+    celeryconfig.Settings(**data)  # every value is one its setting accepts
+
+
+# The settings docs/performance.md measured: a deployment runs them as measured.
+TUNING = ("BATCH_SIZE", "FETCH_INTERVAL", "FETCH_RECEIVERS", "SOURCE_VISIBILITY_TIMEOUT", "TASK_VISIBILITY_TIMEOUT",
+          "WORKER_CONCURRENCY")  # fmt: skip
+
+
+def test_the_configmap_runs_the_tuned_defaults() -> None:
+    data = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())["data"]
+    fields = celeryconfig.Settings.model_fields
+    assert set(TUNING) <= set(data)
+    assert {name: celeryconfig.Settings(**data).model_dump()[name] for name in TUNING} == {
+        name: fields[name].default for name in TUNING
+    }
 
 
 def test_compose_runs_the_documented_commands_and_ports() -> None:
@@ -401,10 +416,12 @@ NEEDS = {
     "operator": [
         *[(a, sqs(q)) for q in DURABLE_QUEUES for a in ("sqs:GetQueueUrl", "sqs:GetQueueAttributes")],
         *[
-            (a, sqs("login-queue-dlq"))
+            (a, sqs(q))
+            for q in ("login-queue-dlq", "login-pipeline-batches-dlq")  # redrive, redrive --batches
             for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
         ],
         ("sqs:SendMessage", sqs("login-queue")),
+        ("sqs:SendMessage", sqs("login-pipeline-batches")),
         *[(a, sqs(q)) for q in (EVENT_QUEUE, REPLY_QUEUE) for a in ("sqs:GetQueueAttributes", "sqs:DeleteQueue")],
         *[("sqs:GetQueueUrl", sqs(q)) for q in (EVENT_QUEUE, PIDBOX_QUEUE, REPLY_QUEUE)],  # sweep's existence check
         ("sqs:ListQueues", "*"),
