@@ -60,3 +60,21 @@ def test_the_runtime_lock_carries_no_development_package() -> None:
     development = {"pgserver", "pytest", "hypothesis", "ruff", "mypy", "playwright", "matplotlib", "parliament", "uv"}
     assert development <= {canonicalize_name(r.name) for r in declared("stack", "dev")}
     assert not development & set(pins("requirements.txt"))
+
+
+def makefile_rule(target: str) -> str:
+    """A rule of the Makefile: its target line and recipe, up to the next blank line."""
+    text = (ROOT / "Makefile").read_text()
+    start = text.index(f"\n{target}:") + 1
+    return text[start : text.find("\n\n", start)]
+
+
+def test_make_demo_installs_the_runtime_and_the_stack_and_nothing_for_tests() -> None:
+    for target in ("demo", "run", "stack-up"):
+        prerequisites = makefile_rule(target).splitlines()[0].split(":", 1)[1].split("#")[0]
+        assert prerequisites.split() == ["$(DEMO_STAMP)"], target
+    recipe = makefile_rule("$(DEMO_STAMP)")
+    assert "--constraint requirements-dev.txt -e '.[stack]'" in recipe, "the lock's versions, the stack extra only"
+    assert "-r requirements-dev.txt" not in recipe and "[dev]" not in recipe and "[stack,dev]" not in recipe
+    assert "-r requirements-dev.txt" in makefile_rule("$(TEST_STAMP)")
+    assert makefile_rule("test").split(":", 1)[1].split()[0] == "$(TEST_STAMP)"
