@@ -18,11 +18,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     STACK_DIR=/tmp
 
 WORKDIR /app
-# The pinned runtime dependencies first (a layer that changes only with requirements.txt).
+# The runtime lock first (every dependency pinned, transitive ones too; a layer that
+# changes only with requirements.txt).
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
-# Then the project itself, with no dependencies of its own (pyproject.toml declares none).
+# Then the project itself without resolving again: requirements.txt already holds what
+# pyproject.toml's ranges declare (tests/test_packaging.py).
 # Processes run from /app, which holds the same files as the installed package: store.py
 # reads init.sql beside the package. Compiled now, as the root filesystem is read-only later.
 COPY pyproject.toml celeryconfig.py flowerconfig.py init.sql ./

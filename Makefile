@@ -4,25 +4,35 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Two stamps, remade when pyproject.toml or a lock changes: the demo's install (the runtime
+# and the embedded stack's `stack` extra) and the tests' (adding `dev`).
+INPUTS := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
+DEMO_STAMP := $(VENV)/.demo-$(INPUTS)
+TEST_STAMP := $(VENV)/.test-$(INPUTS)
 
 CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
 
-.PHONY: run demo test test-unit docs conformance screenshots lint stack-up stack-down status clean compose-seed audit
+.PHONY: run demo test test-unit docs lock conformance screenshots lint stack-up stack-down status clean compose-seed audit
 
 # LocalStack's venv (tasks/dev/localstack_venv.py, standard library only) is installed
 # beside the project's: a fresh clone waits for the two installs once, not one after the other.
 # A later change to its pins is installed by `stack up` (the same installer), not here.
 LOCALSTACK_VENV ?= $(or $(STACK_DIR),.stack)/localstack-venv
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# The runtime and pgserver at the development lock's versions (it pins the runtime as
+# requirements.txt does), the project editable: what `make demo` needs, nothing for tests.
+$(DEMO_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PYTHON) tasks/dev/localstack_venv.py $(LOCALSTACK_VENV) & localstack=$$!; \
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
-	&& $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .; project=$$?; \
+	$(PIP) --constraint requirements-dev.txt -e '.[stack]'; project=$$?; \
 	wait $$localstack && test $$project = 0
-	rm -f $(VENV)/.installed-*; touch $@
+	rm -f $(VENV)/.demo-*; touch $@
+
+$(TEST_STAMP): $(DEMO_STAMP)
+	$(PIP) -r requirements-dev.txt
+	rm -f $(VENV)/.test-*; touch $@
 
 # Debian packages the tests need: chromium (Flower in a real browser) and redis-server
 # (the result backend of Celery's own suites).
@@ -33,51 +43,55 @@ $(CHROMIUM) $(REDIS):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null; \
 	test -x $@ || { echo "apt-get installed no $@" >&2; exit 1; }
 
-run: $(STAMP)           ## worker, beat and Flower on the embedded stack, until Ctrl-C
+run: $(DEMO_STAMP)           ## worker, beat and Flower on the embedded stack, until Ctrl-C
 	$(PY) -m tasks run --seed $(or $(SEED),1000)
 
-demo: $(STAMP)          ## seed 1,000 events, drain them, print a summary, exit
+demo: $(DEMO_STAMP)          ## seed 1,000 events, drain them, print a summary, exit
 	$(PY) -m tasks run --drain --seed $(or $(SEED),1000)
 
-test: $(STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
+test: $(TEST_STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-conformance: $(STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
+conformance: $(TEST_STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
 	$(PY) -m tasks conformance --write-docs
 
-docs: $(STAMP)          ## regenerate README's configuration table from celeryconfig.py
+docs: $(DEMO_STAMP)     ## regenerate README's configuration table from celeryconfig.py's Settings
 	$(PY) -m tasks config --write-readme
 
-test-unit: $(STAMP)     ## the pure functions only: no services, a few seconds
+test-unit: $(TEST_STAMP)     ## the pure functions only: no services, a few seconds
 	$(PY) -m pytest tests/unit
+
+# pyproject.toml's ranges -> requirements.txt and requirements-dev.txt, fully pinned (uv).
+lock: $(TEST_STAMP)     ## remake the two locks after a change to pyproject.toml's dependencies
+	$(PY) tasks/dev/lock.py
 
 # Not part of `test`: it asks a vulnerability service (pypi.org's JSON API; `AUDIT_SERVICE=osv`
 # for osv.dev) about every pinned package. --strict fails when a package could not be checked,
 # instead of reporting "No known vulnerabilities found" for packages it never looked up.
-audit: $(STAMP)         ## known vulnerabilities of requirements.txt and requirements-dev.txt
+audit: $(TEST_STAMP)       ## known vulnerabilities of requirements.txt and requirements-dev.txt
 	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements.txt
 	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements-dev.txt
 
-screenshots: $(STAMP) $(CHROMIUM)  ## docs/img/flower-*.png: Flower on the embedded stack, in chromium
+screenshots: $(TEST_STAMP) $(CHROMIUM)  ## docs/img/flower-*.png: Flower on the embedded stack, in chromium
 	$(PY) -m tasks.dev.screenshots
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
 
-stack-up: $(STAMP)
+stack-up: $(DEMO_STAMP)
 	$(PY) -m tasks stack up
 
-stack-down: $(STAMP)
+stack-down: $(DEMO_STAMP)
 	$(PY) -m tasks stack down
 
-status: $(STAMP)
+status: $(DEMO_STAMP)
 	$(PY) -m tasks status
 
 # The image carries no seed command (tasks/dev is development only): send the exercise's
 # events from here to compose's LocalStack, published on 127.0.0.1:4566.
-compose-seed: $(STAMP)  ## load the exercise's 100 events into `docker compose up`'s login-queue
+compose-seed: $(DEMO_STAMP)  ## load the exercise's 100 events into `docker compose up`'s login-queue
 	SQS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
 		$(PY) -m tasks seed $(if $(COUNT),--count $(COUNT))
 

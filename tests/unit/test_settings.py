@@ -1,0 +1,66 @@
+"""The settings model alone: which words a boolean takes, ranges, computed defaults."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+import celeryconfig
+from celeryconfig import Settings
+from tasks.ops.settings_report import without_password
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [("true", True), ("TRUE", True), (" yes ", True), ("on", True), ("1", True),
+     ("false", False), ("No", False), ("off", False), ("0", False)],
+)  # fmt: skip
+def test_a_boolean_takes_its_words_in_any_case(monkeypatch: pytest.MonkeyPatch, word: str, value: bool) -> None:
+    monkeypatch.setenv("DEAD_LETTER_KEEP_BODY", word)
+    assert Settings().DEAD_LETTER_KEEP_BODY is value
+
+
+@pytest.mark.parametrize("word", ["ture", "", "y", "2", "enabled", "null"])
+def test_a_boolean_refuses_every_other_word(monkeypatch: pytest.MonkeyPatch, word: str) -> None:
+    monkeypatch.setenv("DEAD_LETTER_KEEP_BODY", word)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert celeryconfig.problem_line(caught.value).startswith("configuration: DEAD_LETTER_KEEP_BODY=")
+
+
+def test_computed_defaults_follow_the_values_in_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SQS_ENDPOINT_URL", "FETCH_MAX_SECONDS", "STATEMENT_TIMEOUT_MS", "CELERY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCALSTACK_PORT", "4630")
+    monkeypatch.setenv("FETCH_INTERVAL", "4")
+    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "100")
+    settings = Settings()
+    assert settings.SQS_ENDPOINT_URL == "http://localhost:4630"
+    assert settings.CELERY_BROKER_URL.get_secret_value() == "sqs://test:test@localhost:4630"
+    assert (settings.FETCH_MAX_SECONDS, settings.STATEMENT_TIMEOUT_MS) == (6.0, 45_000)
+    assert {"LOCALSTACK_PORT", "FETCH_INTERVAL"} <= settings.model_fields_set
+    assert "SQS_ENDPOINT_URL" not in settings.model_fields_set
+
+
+def test_real_aws_means_no_endpoint_and_the_default_credential_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CELERY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SQS_ENDPOINT_URL", "")
+    settings = Settings()
+    assert (settings.AWS_ACCESS_KEY_ID, settings.AWS_SECRET_ACCESS_KEY.get_secret_value()) == ("", "")
+    assert settings.CELERY_BROKER_URL.get_secret_value() == "sqs://"
+
+
+def test_secrets_are_typed_as_secrets() -> None:
+    secret = {name for name in Settings.model_fields if celeryconfig.is_secret(name)}
+    assert secret == {"AWS_SECRET_ACCESS_KEY", "MASKING_KEYS", "DATABASE_URL", "FLOWER_BASIC_AUTH",
+                      "METRICS_DATABASE_URL", "CELERY_BROKER_URL"}  # fmt: skip
+
+
+def test_a_url_loses_its_password_and_nothing_else() -> None:
+    assert (
+        without_password("postgresql://u:p%40ss@db:5432/x?sslmode=require")
+        == "postgresql://u:***@db:5432/x?sslmode=require"
+    )
+    assert without_password("postgresql://db/x") == "postgresql://db/x"
+    assert without_password("sqs://") == "sqs://"
