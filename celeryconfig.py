@@ -143,6 +143,17 @@ WORKER_HEALTH_FILE = _env(
     "touched on every worker heartbeat; `python -m tasks health` checks its age (liveness)",
     "`STACK_DIR/worker.alive`",
 )
+BEAT_HEALTH_FILE = _env(
+    "BEAT_HEALTH_FILE",
+    str(STACK_DIR / "beat.alive"),
+    "touched on every tick of beat's scheduler; `python -m tasks health --beat` checks its age (liveness)",
+    "`STACK_DIR/beat.alive`",
+)
+LOG_FORMAT = _env(
+    "LOG_FORMAT",
+    "text",
+    "`text` (Celery's lines) or `json` (one object a line, for worker, beat, Flower and `metrics`)",
+)
 
 # --- Flower ----------------------------------------------------------------------
 FLOWER_ADDRESS = _env("FLOWER_ADDRESS", "127.0.0.1", "Flower's address; a non-local one requires basic auth")
@@ -166,6 +177,15 @@ METRICS_DATABASE_URL = _env(
 )
 
 
+METRICS_ADDRESS = _env(
+    "METRICS_ADDRESS", "127.0.0.1", "`python -m tasks metrics`'s address; a non-local one requires basic auth"
+)
+METRICS_PORT = _int("METRICS_PORT", 9808, "`python -m tasks metrics`'s port")
+METRICS_BASIC_AUTH = _env(
+    "METRICS_BASIC_AUTH", "", "`user:password` for `python -m tasks metrics`", "`FLOWER_BASIC_AUTH`"
+)
+
+
 def database_url() -> str:
     """The PostgreSQL URL: DATABASE_URL, else the embedded stack's server."""
     if DATABASE_URL:
@@ -173,6 +193,11 @@ def database_url() -> str:
     if DATABASE_URL_FILE.exists():
         return DATABASE_URL_FILE.read_text().strip()
     raise RuntimeError("DATABASE_URL is not set and the embedded stack is not up")
+
+
+def metrics_basic_auth() -> str:
+    """The metrics server's `user:password`: METRICS_BASIC_AUTH, else Flower's."""
+    return METRICS_BASIC_AUTH or FLOWER_BASIC_AUTH
 
 
 def metrics_database_url() -> str:
@@ -286,6 +311,7 @@ SECRET_SETTINGS = (
     "DATABASE_URL",
     "METRICS_DATABASE_URL",
     "FLOWER_BASIC_AUTH",
+    "METRICS_BASIC_AUTH",
     "broker_url",
 )
 
@@ -298,3 +324,5 @@ beat_schedule = {
     },
 }
 beat_schedule_filename = str(STACK_DIR / "celerybeat-schedule")
+# Celery's persistent scheduler, touching BEAT_HEALTH_FILE on every tick (tasks/ops/health.py).
+beat_scheduler = "tasks.ops.health:HeartbeatScheduler"

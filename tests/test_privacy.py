@@ -68,9 +68,10 @@ def test_the_writer_role_can_write_a_batch_and_nothing_more(writer) -> None:
     db = writer
     with db.cursor() as cur:
         row = store.MaskedRow("w-1", "u", "ios", "h1:a", "h1:b", None, 1, date(2026, 1, 1))
-        assert store.insert_isolating(cur, [row]) == (1, [])
+        assert store.insert_isolating(cur, [row]) == ([row.message_id], [])
         assert store.record_dead_letters(cur, {"w-2": "body is not JSON"}) == {"w-2"}
-        store.record_batch(cur, "t", store.BatchCounts(2, 1, 0, 1), 0.1)
+        store.record_batch(cur, "t", store.BatchCounts(2, 1, 0, 1), store.BatchTimes(0.1, [0.5]))
+        store.record_fetch(cur, 1_700_000_000.0, 1_700_000_000_000)
     assert denied(db, "SELECT * FROM user_logins")
     assert denied(db, "DELETE FROM user_logins")
     assert denied(db, "SELECT reason FROM dead_letters")
