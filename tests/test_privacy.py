@@ -247,10 +247,12 @@ HOSTILE_BODIES = [
 
 
 def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
-    env = {"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"}
+    # Small batches, shared by two workers: one logs text, the other JSON (LOG_FORMAT=json), like Flower.
+    env = {"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv", "BATCH_SIZE": "40"}
     worker = Worker("pii-scan", beat=True, env=env, args=["--loglevel=DEBUG"])
+    json_worker = Worker("pii-scan-json", env={**env, "LOG_FORMAT": "json"}, args=["--loglevel=DEBUG"])
     port, auth = free_port(), ("privacy", "test-only-password")  # Flower's API answers under auth only
-    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth)})
+    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth), "LOG_FORMAT": "json"})
     try:
         bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)] + HOSTILE_BODIES
         raw = raw_values(bodies)
@@ -261,6 +263,9 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     finally:
         stop_process(flower)
         worker.stop()
+        json_worker.stop()
+    json_lines = [json.loads(line) for line in json_worker.log.read_text().splitlines() if line.startswith("{")]
+    assert any(line.get("task_id") and line.get("batch_size") for line in json_lines), "no JSON batch line"
     with db.cursor() as cur:
         cur.execute(
             "SELECT row_to_json(t)::text FROM (SELECT * FROM user_logins) t"
@@ -274,6 +279,8 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     assert "mask_and_insert" in flower_tasks and "s1:" in tables and "reason" in letters
     for place, text in {
         "worker log": worker.log.read_text(),
+        "JSON worker log": json_worker.log.read_text(),
+        "Flower's JSON log": (config.STACK_DIR / f"flower-{port}.log").read_text(),
         "Flower": flower_tasks,
         "tables": tables,
         "dead letters": letters,
