@@ -47,7 +47,7 @@ test: $(STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite aga
 conformance: $(STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
 	$(PY) -m tasks conformance --write-docs
 
-docs: $(STAMP)          ## regenerate README's configuration table from celeryconfig.py
+docs: $(STAMP)          ## regenerate README's configuration and metrics tables from celeryconfig.py and tasks/ops/metrics.py
 	$(PY) -m tasks config --write-readme
 
 test-unit: $(STAMP)     ## the pure functions only: no services, a few seconds
