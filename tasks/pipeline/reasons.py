@@ -1,7 +1,7 @@
 """Dead-letter reasons, put into a bounded set of classes for /metrics and alerts.
 
 A reason names a field or an exception's type, never a value (tasks/pipeline/records.py,
-masking.py, store.py, service.py); its class is one of `CLASSES`, so a metric label can
+source.py, masking.py, store.py, service.py); its class is one of `CLASSES`, so a metric label can
 never carry anything a producer chose. The class is stored beside the reason in
 dead_letters (init.sql) when the letter is noted.
 """
@@ -20,7 +20,8 @@ PATTERNS = (
     ("unmaskable", re.compile(r"^record could not be masked: ")),
     ("database_refused", re.compile(r"^database refused the record: ")),
     ("batch_given_up", re.compile(r"^(permanent failure: |gave up after )")),
-    ("invalid_field", re.compile(r"^\w+ (is not |is a |contains |has a part )")),
+    ("unusable_message", re.compile(r"^(message has no usable |message body is not text$|batch entry is not )")),
+    ("invalid_field", re.compile(r"^(\w+ (is not |is a |contains |has a part )|body has (the key \w+|a key) twice$)")),
 )
 CLASSES = (*(name for name, _ in PATTERNS), "other")
 
