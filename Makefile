@@ -57,7 +57,7 @@ test: $(TEST_STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suit
 conformance: $(TEST_STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
 	$(PY) -m tasks conformance --write-docs
 
-docs: $(DEMO_STAMP)     ## regenerate README's configuration table from celeryconfig.py's Settings
+docs: $(DEMO_STAMP)     ## regenerate README's configuration and metrics tables from celeryconfig.py's Settings and tasks/ops/metrics.py
 	$(PY) -m tasks config --write-readme
 
 test-unit: $(TEST_STAMP)     ## the pure functions only: no services, a few seconds

@@ -200,6 +200,15 @@ class Settings(BaseSettings):
         shown="`STACK_DIR/worker.alive`",
         accepts="a file",
     )
+    BEAT_HEALTH_FILE: Path = _setting(
+        lambda data: _before(data, "STACK_DIR") / "beat.alive",
+        "touched on every tick of beat's scheduler; `python -m tasks health --beat` checks its age (liveness)",
+        shown="`STACK_DIR/beat.alive`",
+        accepts="a file",
+    )
+    LOG_FORMAT: Literal["text", "json"] = _setting(
+        "text", "`text` (Celery's lines) or `json` (one object a line, for worker, beat, Flower and `metrics`)"
+    )
 
     # --- Flower ----------------------------------------------------------------------------
     FLOWER_ADDRESS: str = _setting(
@@ -222,6 +231,19 @@ class Settings(BaseSettings):
         "PostgreSQL for the counters on `/metrics`, as a login granted `login_metrics`",
         shown="`DATABASE_URL`",
         accepts="a `postgresql://` URL (its password a secret), or empty",
+    )
+    METRICS_ADDRESS: str = _setting(
+        "127.0.0.1",
+        "`python -m tasks metrics`'s address; a non-local one requires basic auth",
+        accepts="an address",
+        min_length=1,
+    )
+    METRICS_PORT: Port = _setting(9808, "`python -m tasks metrics`'s port")
+    METRICS_BASIC_AUTH: UserPassword = _setting(
+        SecretStr(""),
+        "`user:password` for `python -m tasks metrics`",
+        shown="`FLOWER_BASIC_AUTH`",
+        accepts="`user:password` entries (a secret), or empty",
     )
 
     # --- Celery ----------------------------------------------------------------------------
@@ -378,12 +400,17 @@ MASKING_KEYS_FILE = str(_settings.MASKING_KEYS_FILE)
 DATABASE_URL = _settings.DATABASE_URL.get_secret_value()
 DATABASE_URL_FILE = STACK_DIR / "database.url"
 WORKER_HEALTH_FILE = str(_settings.WORKER_HEALTH_FILE)
+BEAT_HEALTH_FILE = str(_settings.BEAT_HEALTH_FILE)
+LOG_FORMAT = _settings.LOG_FORMAT
 
 FLOWER_ADDRESS = _settings.FLOWER_ADDRESS
 FLOWER_PORT = _settings.FLOWER_PORT
 FLOWER_BASIC_AUTH = _settings.FLOWER_BASIC_AUTH.get_secret_value()
 FLOWER_ALLOW_CONTROL = _settings.FLOWER_ALLOW_CONTROL
 METRICS_DATABASE_URL = _settings.METRICS_DATABASE_URL.get_secret_value()
+METRICS_ADDRESS = _settings.METRICS_ADDRESS
+METRICS_PORT = _settings.METRICS_PORT
+METRICS_BASIC_AUTH = _settings.METRICS_BASIC_AUTH.get_secret_value()
 
 
 def in_effect() -> Settings:
@@ -398,6 +425,11 @@ def database_url() -> str:
     if DATABASE_URL_FILE.exists():
         return DATABASE_URL_FILE.read_text().strip()
     raise RuntimeError("DATABASE_URL is not set and the embedded stack is not up")
+
+
+def metrics_basic_auth() -> str:
+    """The metrics server's `user:password`: METRICS_BASIC_AUTH, else Flower's."""
+    return METRICS_BASIC_AUTH or FLOWER_BASIC_AUTH
 
 
 def metrics_database_url() -> str:
@@ -494,3 +526,5 @@ beat_schedule = {
     },
 }
 beat_schedule_filename = str(STACK_DIR / "celerybeat-schedule")
+# Celery's persistent scheduler, touching BEAT_HEALTH_FILE on every tick (tasks/ops/health.py).
+beat_scheduler = "tasks.ops.health:HeartbeatScheduler"

@@ -38,6 +38,130 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
     finished_at         timestamptz NOT NULL DEFAULT now()
 );
 
+-- What /metrics reads (tasks/ops/metrics.py). Each batch row carries its histogram
+-- bucket counts (not cumulative; the bounds are in tasks/pipeline/histogram.py), and
+-- each dead letter its reason class (a bounded set, tasks/pipeline/reasons.py).
+ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS freshness_counts integer[] NOT NULL DEFAULT '{}';
+ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS freshness_sum double precision NOT NULL DEFAULT 0;
+ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS duration_counts integer[] NOT NULL DEFAULT '{}';
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS reason_class text;
+
+-- The ledgers' running totals, kept by triggers in the writing transaction, so that a
+-- scrape reads a few rows however long the ledgers grow. A batch writes one
+-- ingest_batches row (rolled up per row) and its dead letters in one statement (rolled
+-- up per statement); a bulk insert of many ledger rows in one transaction is slow. One row per shard (the
+-- writing connection's backend pid mod 16): concurrent batches never wait on one row.
+CREATE TABLE IF NOT EXISTS ledger_rollup (
+    shard               integer PRIMARY KEY,
+    received            bigint NOT NULL DEFAULT 0,
+    inserted            bigint NOT NULL DEFAULT 0,
+    duplicates          bigint NOT NULL DEFAULT 0,
+    dead_lettered       bigint NOT NULL DEFAULT 0,
+    non_address_ips     bigint NOT NULL DEFAULT 0,
+    batches             bigint NOT NULL DEFAULT 0,
+    seconds             double precision NOT NULL DEFAULT 0,
+    freshness_counts    bigint[] NOT NULL DEFAULT '{}',
+    freshness_sum       double precision NOT NULL DEFAULT 0,
+    duration_counts     bigint[] NOT NULL DEFAULT '{}',
+    last_commit         timestamptz
+);
+CREATE TABLE IF NOT EXISTS dead_letter_rollup (
+    reason_class        text NOT NULL,
+    shard               integer NOT NULL,
+    letters             bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (reason_class, shard)
+);
+-- Liveness marks: 'fetch' is the start of the last beat-scheduled fetch (beat's
+-- heartbeat on /metrics) and the newest SentTimestamp that fetch received.
+CREATE TABLE IF NOT EXISTS heartbeats (
+    name                text PRIMARY KEY,
+    at                  timestamptz NOT NULL,
+    newest_sent_at      timestamptz
+);
+
+-- Element-wise sum of two bucket-count arrays (the shorter one padded with zeros).
+CREATE OR REPLACE FUNCTION ledger_add(a bigint[], b bigint[]) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i), '{}'::bigint[])
+    FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i)
+$$;
+
+CREATE OR REPLACE FUNCTION roll_up_batch() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO public.ledger_rollup AS r (shard, received, inserted, duplicates, dead_lettered, non_address_ips,
+        batches, seconds, freshness_counts, freshness_sum, duration_counts, last_commit)
+    VALUES (pg_backend_pid() % 16, NEW.received, NEW.inserted, NEW.duplicates, NEW.dead_lettered,
+        NEW.non_address_ips, 1, NEW.seconds, NEW.freshness_counts::bigint[], NEW.freshness_sum,
+        NEW.duration_counts::bigint[], clock_timestamp())
+    ON CONFLICT (shard) DO UPDATE SET
+        received = r.received + EXCLUDED.received,
+        inserted = r.inserted + EXCLUDED.inserted,
+        duplicates = r.duplicates + EXCLUDED.duplicates,
+        dead_lettered = r.dead_lettered + EXCLUDED.dead_lettered,
+        non_address_ips = r.non_address_ips + EXCLUDED.non_address_ips,
+        batches = r.batches + 1,
+        seconds = r.seconds + EXCLUDED.seconds,
+        freshness_counts = public.ledger_add(r.freshness_counts, EXCLUDED.freshness_counts),
+        freshness_sum = r.freshness_sum + EXCLUDED.freshness_sum,
+        duration_counts = public.ledger_add(r.duration_counts, EXCLUDED.duration_counts),
+        last_commit = greatest(r.last_commit, EXCLUDED.last_commit);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION roll_up_dead_letter() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN  -- once per statement: a batch notes its dead letters in one INSERT
+    INSERT INTO public.dead_letter_rollup AS r (reason_class, shard, letters)
+    SELECT coalesce(reason_class, 'other'), pg_backend_pid() % 16, count(*) FROM new_letters GROUP BY 1
+    ON CONFLICT (reason_class, shard) DO UPDATE SET letters = r.letters + EXCLUDED.letters;
+    RETURN NULL;
+END
+$$;
+
+-- A ledger emptied with TRUNCATE (the tests do) empties its totals too.
+CREATE OR REPLACE FUNCTION clear_rollup() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'ingest_batches' THEN
+        TRUNCATE public.ledger_rollup;
+    ELSE
+        TRUNCATE public.dead_letter_rollup;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION roll_up_batch(), roll_up_dead_letter(), clear_rollup() FROM PUBLIC;
+
+-- An existing ledger (init.sql applied to an older schema) is rolled up once.
+INSERT INTO ledger_rollup (shard, received, inserted, duplicates, dead_lettered, non_address_ips, batches,
+    seconds, last_commit)
+SELECT 0, sum(received), sum(inserted), sum(duplicates), sum(dead_lettered), sum(non_address_ips), count(*),
+    sum(seconds), max(finished_at)
+FROM ingest_batches
+HAVING count(*) > 0 AND NOT EXISTS (SELECT FROM ledger_rollup);
+INSERT INTO dead_letter_rollup (reason_class, shard, letters)
+SELECT 'other', 0, count(*) FROM dead_letters
+HAVING count(*) > 0 AND NOT EXISTS (SELECT FROM dead_letter_rollup);
+
+DROP TRIGGER IF EXISTS ingest_batches_roll_up ON ingest_batches;
+CREATE TRIGGER ingest_batches_roll_up AFTER INSERT ON ingest_batches
+    FOR EACH ROW EXECUTE FUNCTION roll_up_batch();
+DROP TRIGGER IF EXISTS ingest_batches_truncated ON ingest_batches;
+CREATE TRIGGER ingest_batches_truncated AFTER TRUNCATE ON ingest_batches
+    FOR EACH STATEMENT EXECUTE FUNCTION clear_rollup();
+DROP TRIGGER IF EXISTS dead_letters_roll_up ON dead_letters;
+CREATE TRIGGER dead_letters_roll_up AFTER INSERT ON dead_letters REFERENCING NEW TABLE AS new_letters
+    FOR EACH STATEMENT EXECUTE FUNCTION roll_up_dead_letter();
+DROP TRIGGER IF EXISTS dead_letters_truncated ON dead_letters;
+CREATE TRIGGER dead_letters_truncated AFTER TRUNCATE ON dead_letters
+    FOR EACH STATEMENT EXECUTE FUNCTION clear_rollup();
+
 -- Every recovery of a masked value: who, when, which token, under which filter, why.
 -- Written only through recover_tokens() below, which sets the time and the database user
 -- itself: the recovery role can neither insert directly nor read, change or delete.
@@ -163,6 +287,8 @@ GRANT INSERT ON user_logins, ingest_batches TO login_pipeline_writer;
 GRANT SELECT (message_id) ON user_logins TO login_pipeline_writer;
 GRANT INSERT, SELECT (message_id) ON dead_letters TO login_pipeline_writer;
 GRANT USAGE ON SEQUENCE ingest_batches_id_seq TO login_pipeline_writer;
+-- Its fetch marks its start (no record's values in that table).
+GRANT SELECT, INSERT, UPDATE ON heartbeats TO login_pipeline_writer;
 -- The analyst reads the masked table and nothing else.
 GRANT SELECT ON user_logins TO login_analyst;
 -- Recovery reads tokens, and recovers (audited) only through recover_tokens().
@@ -173,8 +299,9 @@ GRANT EXECUTE ON FUNCTION recover_tokens(text, text, text, date, date, text[]) T
 
 -- ============================================================================
 -- Metrics role (Flower's /metrics, tasks/ops/metrics.py). A block of its own, kept
--- at the end of this file: it reads the pipeline's ledger and nothing else, so the
--- login user that METRICS_DATABASE_URL names needs only this role.
+-- at the end of this file: it reads the ledger, its totals and the heartbeats, never a
+-- row of user_logins or dead_letters, so the login user that METRICS_DATABASE_URL names
+-- needs only this role.
 -- ============================================================================
 DO $$
 BEGIN
@@ -183,4 +310,4 @@ BEGIN
     END IF;
 END
 $$;
-GRANT SELECT ON ingest_batches TO login_metrics;
+GRANT SELECT ON ingest_batches, ledger_rollup, dead_letter_rollup, heartbeats TO login_metrics;

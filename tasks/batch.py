@@ -9,8 +9,10 @@ events and `celery inspect`, a batch shows as its size, never its records.
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import asdict
+from time import monotonic
 from typing import Any
 
 from celery import Task
@@ -21,6 +23,9 @@ from tasks.celery import app
 from tasks.pipeline.keys import MaskingKeyError
 from tasks.pipeline.retry import backoff, describe, is_transient
 from tasks.pipeline.service import give_up, load_masker, pipeline, read_args, write_batch
+from tasks.pipeline.store import BatchCounts
+
+log = logging.getLogger(__name__)
 
 
 @worker_init.connect
@@ -53,13 +58,35 @@ class BatchTask(Task):
 def mask_and_insert(self: Task, messages: list[list[Any]]) -> dict[str, Any]:
     batch, refused = read_args(messages, self.request.id)
     pipe = pipeline()
+    started = monotonic()
     try:
-        return asdict(write_batch(pipe, batch, self.request.id, refused))
+        counts = write_batch(pipe, batch, self.request.id, refused)
     except Exception as exc:
         reason = verdict(self, exc)
+    else:
+        log_batch("batch committed", counts, monotonic() - started)
+        return asdict(counts)
     # Outside the except block, so that nothing raised from here carries the original
     # exception, whose text could quote a value, as its context.
-    return {**asdict(give_up(pipe, batch, reason, self.request.id, refused)), "gave_up": reason}
+    given_up = give_up(pipe, batch, reason, self.request.id, refused)
+    log_batch("batch given up", given_up, monotonic() - started)
+    return {**asdict(given_up), "gave_up": reason}
+
+
+def log_batch(what: str, counts: BatchCounts, seconds: float) -> None:
+    """One line per batch: its size, counts and duration (the task id comes with the
+    log record, tasks/ops/logs.py), never a record's values."""
+    fields = {**asdict(counts), "batch_size": counts.received, "duration_seconds": round(seconds, 3)}
+    log.info(
+        "%s: %d received, %d inserted, %d duplicates, %d dead-lettered, in %.2f s",
+        what,
+        counts.received,
+        counts.inserted,
+        counts.duplicates,
+        counts.dead_lettered,
+        seconds,
+        extra=fields,
+    )
 
 
 def verdict(task: Task, exc: Exception) -> str:

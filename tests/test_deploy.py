@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 import celeryconfig
-from tasks.ops.readme import TABLE_BEGIN, TABLE_END, settings_table
+from tasks.ops.metrics import metrics_table
+from tasks.ops.readme import METRICS_BEGIN, METRICS_END, TABLE_BEGIN, TABLE_END, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -106,6 +107,13 @@ def test_the_readme_configuration_table_is_the_one_celeryconfig_declares() -> No
     readme = (ROOT / "README.md").read_text()
     block = readme.partition(TABLE_BEGIN)[2].partition(TABLE_END)[0].strip()
     assert block == settings_table(), "README's configuration table is stale: run `make docs`"
+
+
+def test_the_readme_metrics_table_is_the_one_the_collectors_make() -> None:
+    """Metric names, types, labels and meanings cannot drift: the list is made from the specs."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.partition(METRICS_BEGIN)[2].partition(METRICS_END)[0].strip()
+    assert block == metrics_table(), "README's metrics table is stale: run `make docs`"
 
 
 def test_every_module_the_docs_name_exists() -> None:

@@ -68,9 +68,10 @@ def test_the_writer_role_can_write_a_batch_and_nothing_more(writer) -> None:
     db = writer
     with db.cursor() as cur:
         row = store.MaskedRow("w-1", "u", "ios", "h1:a", "h1:b", None, 1, date(2026, 1, 1))
-        assert store.insert_isolating(cur, [row]) == (1, [])
+        assert store.insert_isolating(cur, [row]) == ([row.message_id], [])
         assert store.record_dead_letters(cur, {"w-2": "body is not JSON"}) == {"w-2"}
-        store.record_batch(cur, "t", store.BatchCounts(2, 1, 0, 1), 0.1)
+        store.record_batch(cur, "t", store.BatchCounts(2, 1, 0, 1), store.BatchTimes(0.1, [0.5]))
+        store.record_fetch(cur, 1_700_000_000.0, 1_700_000_000_000)
     assert denied(db, "SELECT * FROM user_logins")
     assert denied(db, "DELETE FROM user_logins")
     assert denied(db, "SELECT reason FROM dead_letters")
@@ -246,10 +247,12 @@ HOSTILE_BODIES = [
 
 
 def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
-    env = {"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv"}
+    # Small batches, shared by two workers: one logs text, the other JSON (LOG_FORMAT=json), like Flower.
+    env = {"DEAD_LETTER_KEEP_BODY": "false", "MASKING_MODE": "siv", "BATCH_SIZE": "40"}
     worker = Worker("pii-scan", beat=True, env=env, args=["--loglevel=DEBUG"])
+    json_worker = Worker("pii-scan-json", env={**env, "LOG_FORMAT": "json"}, args=["--loglevel=DEBUG"])
     port, auth = free_port(), ("privacy", "test-only-password")  # Flower's API answers under auth only
-    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth)})
+    flower = start_flower(port, env={"FLOWER_BASIC_AUTH": ":".join(auth), "LOG_FORMAT": "json"})
     try:
         bodies = seed.sample_bodies() + [b for b, _ in seed.generate(400, seed=3)] + HOSTILE_BODIES
         raw = raw_values(bodies)
@@ -260,6 +263,9 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     finally:
         stop_process(flower)
         worker.stop()
+        json_worker.stop()
+    json_lines = [json.loads(line) for line in json_worker.log.read_text().splitlines() if line.startswith("{")]
+    assert any(line.get("task_id") and line.get("batch_size") for line in json_lines), "no JSON batch line"
     with db.cursor() as cur:
         cur.execute(
             "SELECT row_to_json(t)::text FROM (SELECT * FROM user_logins) t"
@@ -273,6 +279,8 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     assert "mask_and_insert" in flower_tasks and "s1:" in tables and "reason" in letters
     for place, text in {
         "worker log": worker.log.read_text(),
+        "JSON worker log": json_worker.log.read_text(),
+        "Flower's JSON log": (config.STACK_DIR / f"flower-{port}.log").read_text(),
         "Flower": flower_tasks,
         "tables": tables,
         "dead letters": letters,

@@ -39,7 +39,11 @@ CLIENT_CONFIG = Config(
 @cache
 def client(service: str) -> Any:
     """A thread-safe client for `service`; one per process (made after fork)."""
-    options: dict[str, Any] = {"region_name": config.AWS_REGION, "config": CLIENT_CONFIG}
+    return _new_client(service, CLIENT_CONFIG)
+
+
+def _new_client(service: str, client_config: Config) -> Any:
+    options: dict[str, Any] = {"region_name": config.AWS_REGION, "config": client_config}
     if config.SQS_ENDPOINT_URL:
         options["endpoint_url"] = config.SQS_ENDPOINT_URL
     if config.AWS_ACCESS_KEY_ID:
@@ -48,15 +52,25 @@ def client(service: str) -> Any:
     return boto3.session.Session().client(service, **options)
 
 
+# A scrape asks once, briefly: Prometheus gives up on a scrape after 10 s by default.
+SCRAPE_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
+
+
 @cache
-def queue_url(name: str) -> str:
-    return client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+def scrape_client() -> Any:
+    """An SQS client for /metrics: one attempt per call, short timeouts."""
+    return _new_client("sqs", SCRAPE_CONFIG)
 
 
-def queue_depth(name: str) -> dict[str, int]:
+@cache
+def queue_url(name: str, sqs: Any = None) -> str:
+    return (sqs or client("sqs")).get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def queue_depth(name: str, sqs: Any = None) -> dict[str, int]:
     """Visible and in-flight message counts of a queue (SQS's approximations)."""
-    attributes = client("sqs").get_queue_attributes(
-        QueueUrl=queue_url(name),
+    attributes = (sqs or client("sqs")).get_queue_attributes(
+        QueueUrl=queue_url(name, sqs),
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return {

@@ -1,4 +1,4 @@
-"""The `python -m tasks` commands: stack, seed, run, redrive, unmask, rekey, bench, health, status."""
+"""The `python -m tasks` commands: stack, seed, run, redrive, unmask, rekey, bench, health, metrics, status."""
 
 from __future__ import annotations
 
@@ -164,9 +164,17 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from tasks.ops.health import alive
+    from tasks.ops.health import check
 
-    return 0 if alive(args.max_age) else 1
+    health = check("beat" if args.beat else "worker", args.max_age)
+    print(health.line, file=sys.stdout if health.alive else sys.stderr)
+    return 0 if health.alive else 1
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from tasks.ops import exporter
+
+    return exporter.serve(args.address, args.port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -235,9 +243,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--write-readme", action="store_true", help="write README's table of every setting (declarations)")
     s.set_defaults(func=_config)
 
-    s = sub.add_parser("health", help="exit 0 if this machine's worker sent a heartbeat lately (liveness)")
-    s.add_argument("--max-age", type=float, default=60)
+    s = sub.add_parser("health", help="exit 0 if this machine's worker (or beat) sent a heartbeat lately (liveness)")
+    s.add_argument("--beat", action="store_true", help="check beat's heartbeat instead of the worker's")
+    s.add_argument("--max-age", type=float, default=60, help="seconds a heartbeat stays fresh")
     s.set_defaults(func=_health)
+
+    s = sub.add_parser("metrics", help="serve the pipeline's Prometheus metrics without Flower")
+    s.add_argument("--address", default=config.METRICS_ADDRESS, help="beyond the loopback, basic auth is required")
+    s.add_argument("--port", type=int, default=config.METRICS_PORT)
+    s.set_defaults(func=_metrics)
 
     s = sub.add_parser("status", help="queue depths, rows and dead letters")
     s.add_argument("--json", action="store_true")

@@ -27,6 +27,8 @@ the app for Flower (tasks/celery.py), so with or without --conf=flowerconfig.py:
 - The Broker page on SQS (``SqsBrokerView``): visible and in-flight messages of every
   queue the pipeline uses, from GetQueueAttributes. Flower's page knows RabbitMQ and
   Redis only; it shows SQS's visible count as "Ready" and in-flight as "Unacked".
+- LOG_FORMAT=json: Flower's log lines (tornado's handler on the root logger) as JSON,
+  set when the options are checked (tasks/ops/logs.py).
 - /metrics behind Flower's auth when auth is configured (``AuthenticatedMetrics``).
   /healthcheck stays open: it answers "OK" and nothing else, for probes that carry no
   secret.
@@ -71,7 +73,7 @@ from tornado.options import OptionParser, options
 
 import celeryconfig as config
 from tasks.broker import aws
-from tasks.ops import status
+from tasks.ops import logs, status
 
 log = logging.getLogger(__name__)
 _installed = False
@@ -241,6 +243,7 @@ def replace_route(pattern: str, handler: type[web.RequestHandler]) -> None:
 
 def _check_when_flower_starts(sender: Any = None, **_: Any) -> None:
     check_options()
+    logs.use_configured_format()  # tornado has set up its handlers by now
 
 
 def install() -> None:

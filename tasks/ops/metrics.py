@@ -1,57 +1,143 @@
-"""Pipeline counters for Prometheus, served on Flower's /metrics.
+"""The pipeline's metrics for Prometheus, served on Flower's /metrics and by
+`python -m tasks metrics` (tasks/ops/exporter.py) when Flower is not running.
 
-Read from the pipeline's ledger in PostgreSQL at each scrape, so they count every
-worker process, survive restarts, and agree with `status`. Retries are Flower's own
-``flower_events_total{type="task-retried"}``.
+Two collectors, read at each scrape:
 
-The collector keeps one connection (METRICS_DATABASE_URL, a login user granted the
-``login_metrics`` role of init.sql: SELECT on ingest_batches only) across scrapes. A
-scrape whose query fails drops it and tries once more on a new one; if that fails too,
-``login_pipeline_database_up`` is 0 and the next scrape connects again.
+- ``PipelineCollector``: the ledger in PostgreSQL. Batch tasks write their counts and
+  histogram bucket counts into ingest_batches, dead letters their reason class into
+  dead_letters, and the fetch its start into heartbeats, each in its own transaction;
+  init.sql's triggers keep the totals in a few rollup rows. So every pool process
+  counts, a restart loses nothing, `status` agrees, and a scrape reads a few rows
+  however long the ledger grows (docs/decisions.md says why not prometheus_client's
+  multiprocess mode). It keeps one connection (METRICS_DATABASE_URL, a login granted
+  the ``login_metrics`` role of init.sql) across scrapes; a failed query drops it and
+  tries once more on a new one; if that fails too, ``login_pipeline_database_up`` is 0
+  and the next scrape connects again.
+- ``QueueCollector``: each queue's visible and in-flight messages from SQS's
+  GetQueueAttributes, and an estimate of the age of the oldest message waiting on
+  login-queue (`oldest_age`: SQS itself gives that only through CloudWatch).
+
+No label or value ever comes from a record: queue names are the configured ones and
+dead-letter reasons one of tasks/pipeline/reasons.py's classes. Retries are Flower's
+own ``flower_events_total{type="task-retried"}``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import psycopg2
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
 
 import celeryconfig as config
-from tasks.pipeline import store
+from tasks.broker import aws
+from tasks.ops import status
+from tasks.pipeline import histogram, store
+from tasks.pipeline.reasons import CLASSES
 
 log = logging.getLogger(__name__)
-UP = ("login_pipeline_database_up", "PostgreSQL answered the scrape")
-COUNTERS = (
-    ("received", "Source messages processed by mask-and-insert", "received"),
-    ("rows_inserted", "Rows written to user_logins", "inserted"),
-    ("duplicates_skipped", "Deliveries skipped as already written", "duplicates"),
-    ("dead_lettered", "Records sent to the dead-letter queue", "dead_lettered"),
-    ("non_address_ips", "Records whose ip was no address (masked as given)", "non_address_ips"),
-    ("batches", "Committed mask-and-insert batches", "batches"),
+P = "login_pipeline_"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One metric as the collectors make it and README lists it."""
+
+    name: str
+    kind: Any  # CounterMetricFamily, GaugeMetricFamily or HistogramMetricFamily
+    doc: str
+    labels: tuple[str, ...] = ()
+    bounds: tuple[float, ...] = ()  # a histogram's buckets
+
+    def family(self, **options: Any) -> Any:
+        return self.kind(self.name, self.doc, labels=self.labels or None, **options)
+
+
+DATABASE_UP = Spec(f"{P}database_up", GaugeMetricFamily, "1 if PostgreSQL answered this scrape, else 0")
+COUNTERS = (  # (spec, the ledger's key)
+    (Spec(f"{P}received", CounterMetricFamily, "Source messages processed by mask-and-insert"), "received"),
+    (Spec(f"{P}rows_inserted", CounterMetricFamily, "Rows written to user_logins"), "inserted"),
+    (Spec(f"{P}duplicates_skipped", CounterMetricFamily, "Deliveries skipped as already written"), "duplicates"),
+    (Spec(f"{P}dead_lettered", CounterMetricFamily, "Records sent to the dead-letter queue"), "dead_lettered"),
+    (
+        Spec(f"{P}non_address_ips", CounterMetricFamily, "Records whose ip was no address (masked as given)"),
+        "non_address_ips",
+    ),
+    (Spec(f"{P}batches", CounterMetricFamily, "Committed mask-and-insert batches, given-up ones included"), "batches"),
 )
-BATCH_SECONDS = ("login_pipeline_batch_seconds", "Total batch latency, seconds")
-SLOWEST_BATCH = ("login_pipeline_batch_seconds_max", "Slowest batch, seconds")
+DEAD_LETTERS = Spec(
+    f"{P}dead_letters",
+    CounterMetricFamily,
+    f"Dead letters by reason class ({', '.join(CLASSES)})",
+    ("reason",),
+)
+FRESHNESS = Spec(
+    f"{P}freshness_seconds",
+    HistogramMetricFamily,
+    "Seconds from an event's SentTimestamp (the original one if redriven) to its row's commit",
+    bounds=histogram.FRESHNESS_BOUNDS,
+)
+BATCH_DURATION = Spec(
+    f"{P}batch_duration_seconds",
+    HistogramMetricFamily,
+    "Seconds of one committed batch (0 for a batch given up)",
+    bounds=histogram.DURATION_BOUNDS,
+)
+LAST_COMMIT = Spec(
+    f"{P}last_commit_timestamp_seconds", GaugeMetricFamily, "Unix time of the last committed batch (0: none yet)"
+)
+BEAT_TICK = Spec(
+    f"{P}beat_last_tick_timestamp_seconds",
+    GaugeMetricFamily,
+    "Unix time at which the last beat-scheduled fetch started (0: none yet)",
+)
+SQS_UP = Spec(f"{P}sqs_up", GaugeMetricFamily, "1 if SQS answered this scrape's queue-attribute calls, else 0")
+QUEUE_MESSAGES = Spec(
+    f"{P}queue_messages",
+    GaugeMetricFamily,
+    "Messages in a queue of the pipeline: visible (waiting) or in_flight (received, not yet deleted)",
+    ("queue", "state"),
+)
+OLDEST_AGE = Spec(
+    f"{P}oldest_message_age_seconds",
+    GaugeMetricFamily,
+    "Estimated age of the oldest message waiting on the source queue (0 when none waits)",
+    ("queue",),
+)
+LEDGER_SPECS = (DATABASE_UP, *(spec for spec, _ in COUNTERS), DEAD_LETTERS, FRESHNESS, BATCH_DURATION)
+SPECS = (*LEDGER_SPECS, LAST_COMMIT, BEAT_TICK, SQS_UP, QUEUE_MESSAGES, OLDEST_AGE)
 
 
 class PipelineCollector(Collector):
+    """The ledger's metrics (PostgreSQL); `latest` is what the last scrape read, or None."""
+
     def __init__(self, url: Callable[[], str] = config.metrics_database_url) -> None:
         self._url = url
         self._conn: store.Connection | None = None
         self._lock = threading.Lock()  # one scrape at a time on the one connection
+        self.latest: store.Ledger | None = None
 
-    def ledger(self) -> dict[str, float] | None:
+    def ledger(self) -> store.Ledger | None:
         """The ledger's totals, on the kept connection or, once, a new one; None if down."""
         with self._lock:
             for attempt in (1, 2):
                 try:
                     if self._conn is None or self._conn.closed:
                         self._conn = store.connect(self._url())
-                    return store.ledger_totals(self._conn)
+                    return store.ledger(self._conn)
                 except (psycopg2.Error, RuntimeError) as exc:
                     self.close()
                     first_line = str(exc).strip().partition("\n")[0]
@@ -63,26 +149,106 @@ class PipelineCollector(Collector):
         if conn is not None and not conn.closed:
             conn.close()
 
-    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         """The metrics' names, for the registry, without a database round trip."""
-        yield GaugeMetricFamily(*UP)
-        for name, doc, _ in COUNTERS:
-            yield CounterMetricFamily(f"login_pipeline_{name}", doc)
-        yield CounterMetricFamily(*BATCH_SECONDS)
-        yield GaugeMetricFamily(*SLOWEST_BATCH)
+        for spec in (*LEDGER_SPECS, LAST_COMMIT, BEAT_TICK):
+            yield spec.family()
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        ledger = self.ledger()
-        yield GaugeMetricFamily(*UP, value=int(ledger is not None))
+    def collect(self) -> Iterator[Metric]:
+        ledger = self.latest = self.ledger()
+        yield DATABASE_UP.family(value=int(ledger is not None))
         if ledger is None:
             return
-        for name, doc, key in COUNTERS:
-            yield CounterMetricFamily(f"login_pipeline_{name}", doc, value=int(ledger[key]))
-        yield CounterMetricFamily(*BATCH_SECONDS, value=ledger["seconds"])
-        yield GaugeMetricFamily(*SLOWEST_BATCH, value=ledger["slowest_seconds"])
+        for spec, key in COUNTERS:
+            yield spec.family(value=int(ledger.totals[key]))
+        letters = DEAD_LETTERS.family()
+        for reason in CLASSES:
+            letters.add_metric([reason], ledger.dead_letters.get(reason, 0))
+        yield letters
+        yield FRESHNESS.family(
+            buckets=histogram.cumulative(ledger.freshness_counts, FRESHNESS.bounds), sum_value=ledger.freshness_sum
+        )
+        yield BATCH_DURATION.family(
+            buckets=histogram.cumulative(ledger.duration_counts, BATCH_DURATION.bounds),
+            sum_value=ledger.totals["seconds"],
+        )
+        yield LAST_COMMIT.family(value=ledger.last_commit or 0)
+        yield BEAT_TICK.family(value=ledger.last_fetch or 0)
+
+
+def oldest_age(visible: int, ledger: store.Ledger, now: float) -> float:
+    """The estimated age of the oldest message waiting on login-queue, in seconds.
+
+    SQS reports ApproximateAgeOfOldestMessage only to CloudWatch, and reading a message
+    to see its SentTimestamp would count as a receive. So: 0 when nothing is visible;
+    otherwise the age of the newest message the last fetch received (what still waits
+    was sent after about that time, the queue being roughly first in, first out), or,
+    if that fetch received nothing, the time since it started (what waits came later),
+    or, before any fetch, 0. It grows while no fetch runs, so a dead beat shows. A
+    redriven event carries its original SentTimestamp: a fetch of only redriven events
+    makes the estimate as old as they are, until the next fetch.
+    """
+    since = ledger.newest_fetched_sent or ledger.last_fetch
+    return max(0.0, now - since) if visible and since else 0.0
+
+
+class QueueCollector(Collector):
+    """Queue gauges from GetQueueAttributes; the oldest age needs `pipeline`'s ledger,
+    so this collector is registered after it (a registry collects in that order)."""
+
+    def __init__(self, pipeline: PipelineCollector, queues: Callable[[], list[str]] = status.queue_names) -> None:
+        self._pipeline = pipeline
+        self._queues = queues
+
+    def describe(self) -> Iterator[Metric]:
+        for spec in (SQS_UP, QUEUE_MESSAGES, OLDEST_AGE):
+            yield spec.family()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            depths = {name: aws.queue_depth(name, aws.scrape_client()) for name in self._queues()}
+        except Exception as exc:  # SQS down or a queue missing: one line, no counts
+            log.warning("metrics: queue attributes failed: %s", type(exc).__name__)
+            yield SQS_UP.family(value=0)
+            return
+        yield SQS_UP.family(value=1)
+        gauge = QUEUE_MESSAGES.family()
+        for name, depth in depths.items():
+            for state in ("visible", "in_flight"):
+                gauge.add_metric([name, state], depth[state])
+        yield gauge
+        ledger = self._pipeline.latest
+        if ledger is not None and config.SOURCE_QUEUE in depths:
+            age = OLDEST_AGE.family()
+            visible = depths[config.SOURCE_QUEUE]["visible"]
+            age.add_metric([config.SOURCE_QUEUE], oldest_age(visible, ledger, time.time()))
+            yield age
+
+
+def collectors(url: Callable[[], str] = config.metrics_database_url) -> list[Collector]:
+    """Both collectors, in the order a registry must hold them."""
+    pipeline = PipelineCollector(url)
+    return [pipeline, QueueCollector(pipeline)]
+
+
+def register_into(registry: CollectorRegistry) -> None:
+    for collector in collectors():
+        registry.register(collector)
 
 
 @cache
 def register() -> None:
-    """Add the pipeline's collector to Prometheus's registry, once per process."""
-    REGISTRY.register(PipelineCollector())
+    """Add the pipeline's collectors to Prometheus's registry (Flower's), once per process."""
+    register_into(REGISTRY)
+
+
+def metrics_table() -> str:
+    """README's list of the pipeline's metrics, made from the specs above."""
+    kinds = {CounterMetricFamily: "counter", GaugeMetricFamily: "gauge", HistogramMetricFamily: "histogram"}
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for spec in SPECS:
+        name = spec.name + ("_total" if spec.kind is CounterMetricFamily else "")
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "—"
+        buckets = f"; buckets {', '.join(f'{b:g}' for b in spec.bounds)}" if spec.bounds else ""
+        rows.append(f"| `{name}` | {kinds[spec.kind]} | {labels} | {spec.doc}{buckets} |")
+    return "\n".join(rows)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from time import monotonic
+from time import monotonic, time
 
 import psycopg2
 
@@ -160,17 +160,24 @@ def write_batch(
             received = len(messages) + len(unread)
             counts = store.BatchCounts(
                 received=received,
-                inserted=inserted,
-                duplicates=received - inserted - new,
+                inserted=len(inserted),
+                duplicates=received - len(inserted) - new,
                 dead_lettered=new,
                 non_address_ips=sum(not p.ip_is_address for p in ready),
             )
-            store.record_batch(cur, task_id, counts, monotonic() - started)
+            store.record_batch(cur, task_id, counts, batch_times(started, [by_id[i] for i in inserted]))
         conn.commit()
     except BaseException:
         pipe.reset()
         raise
     return counts
+
+
+def batch_times(started: float, inserted: list[SourceMessage]) -> store.BatchTimes:
+    """The batch's duration so far, and each inserted row's freshness: from its event's
+    SentTimestamp (the original one, for a redriven event) to now, just before the commit."""
+    now = time()
+    return store.BatchTimes(monotonic() - started, [max(0.0, now - m.sent_at_ms / 1000) for m in inserted])
 
 
 def _dead_letter(cur: store.Cursor, letters: list[DeadLetter]) -> int:
@@ -198,7 +205,7 @@ def give_up(
         with conn.cursor() as cur:
             new = _dead_letter(cur, letters)
             counts = store.BatchCounts(total, 0, total - new, new)
-            store.record_batch(cur, task_id, counts, 0.0)
+            store.record_batch(cur, task_id, counts)
         conn.commit()
     except psycopg2.Error as exc:
         pipe.reset()
@@ -208,6 +215,20 @@ def give_up(
         pipe.reset()  # never leave the ledger's inserts open for the next batch to commit
         raise
     return counts
+
+
+def mark_fetch(started: float, newest_sent_ms: int | None) -> None:
+    """Note a fetch's start (beat's heartbeat on /metrics) and the newest SentTimestamp it
+    received (the oldest-message estimate); a database outage costs the mark, not the fetch."""
+    pipe = pipeline()
+    try:
+        conn = pipe.connection()
+        with conn.cursor() as cur:
+            store.record_fetch(cur, started, newest_sent_ms)
+        conn.commit()
+    except psycopg2.Error as exc:
+        pipe.reset()
+        log.warning("fetch not marked in the ledger: %s", describe(exc))
 
 
 def dead_letter_set_apart(received: list[Received]) -> None:

@@ -15,12 +15,16 @@ import io
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from datetime import date
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import errorcodes
+
+from tasks.pipeline import histogram
+from tasks.pipeline.reasons import reason_class
 
 INIT_SQL = Path(__file__).resolve().parents[2] / "init.sql"
 COLUMNS = (
@@ -111,16 +115,21 @@ def _copy_text(value: object) -> str:
     return text
 
 
-def insert_rows(cur: Cursor, rows: Sequence[MaskedRow]) -> int:
-    """COPY rows into the temporary table and move the new ones; returns how many."""
+def insert_new(cur: Cursor, rows: Sequence[MaskedRow]) -> list[str]:
+    """COPY rows into the temporary table and move the new ones; returns their message ids."""
     buffer = io.StringIO("".join(row.copy_line() for row in rows))
     cur.execute("TRUNCATE incoming_logins")
     cur.copy_expert(f"COPY incoming_logins ({_COLUMN_LIST}) FROM STDIN", buffer)
     cur.execute(
         f"INSERT INTO user_logins ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM incoming_logins"
-        " ON CONFLICT (message_id) DO NOTHING"
+        " ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
     )
-    return cur.rowcount
+    return [row[0] for row in cur.fetchall()]
+
+
+def insert_rows(cur: Cursor, rows: Sequence[MaskedRow]) -> int:
+    """COPY rows into the temporary table and move the new ones; returns how many."""
+    return len(insert_new(cur, rows))
 
 
 def _error_name(pgcode: str) -> str:
@@ -139,17 +148,17 @@ def database_reason(exc: psycopg2.Error) -> str:
     return f"database refused the record: {what}" + (f" ({where})" if where else "")
 
 
-def insert_isolating(cur: Cursor, rows: Sequence[MaskedRow]) -> tuple[int, list[tuple[MaskedRow, str]]]:
-    """Insert rows; those the database refuses come back with its reason."""
+def insert_isolating(cur: Cursor, rows: Sequence[MaskedRow]) -> tuple[list[str], list[tuple[MaskedRow, str]]]:
+    """Insert rows; returns the ids inserted, and those the database refuses with its reason."""
     if not rows:
-        return 0, []
+        return [], []
     cur.execute("SAVEPOINT batch_part")
     try:
-        inserted = insert_rows(cur, rows)
+        inserted = insert_new(cur, rows)
     except ROW_ERRORS as exc:
         cur.execute("ROLLBACK TO SAVEPOINT batch_part")
         if len(rows) == 1:
-            return 0, [(rows[0], database_reason(exc))]
+            return [], [(rows[0], database_reason(exc))]
         middle = len(rows) // 2
         left, left_bad = insert_isolating(cur, rows[:middle])
         right, right_bad = insert_isolating(cur, rows[middle:])
@@ -159,49 +168,119 @@ def insert_isolating(cur: Cursor, rows: Sequence[MaskedRow]) -> tuple[int, list[
 
 
 def record_dead_letters(cur: Cursor, reasons: dict[str, str]) -> set[str]:
-    """Note dead letters; returns the ids not noted before (to send to the DLQ)."""
+    """Note dead letters with their reason classes; returns the ids not noted before (to send to the DLQ)."""
     if not reasons:
         return set()
     cur.execute(
-        "INSERT INTO dead_letters (message_id, reason)"
-        " SELECT * FROM unnest(%s::varchar[], %s::text[])"
+        "INSERT INTO dead_letters (message_id, reason, reason_class)"
+        " SELECT * FROM unnest(%s::varchar[], %s::text[], %s::text[])"
         " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-        (list(reasons), list(reasons.values())),
+        (list(reasons), list(reasons.values()), [reason_class(r) for r in reasons.values()]),
     )
     return {row[0] for row in cur.fetchall()}
 
 
-def record_batch(cur: Cursor, task_id: str | None, counts: BatchCounts, seconds: float) -> None:
+@dataclass(frozen=True)
+class BatchTimes:
+    """A batch's duration and its inserted rows' freshness (SentTimestamp to commit), seconds."""
+
+    seconds: float = 0.0
+    freshness: Sequence[float] = ()
+
+
+def record_batch(cur: Cursor, task_id: str | None, counts: BatchCounts, times: BatchTimes = BatchTimes()) -> None:
+    """The batch's row in the ledger, with its histogram bucket counts (init.sql rolls it up)."""
     cur.execute(
-        "INSERT INTO ingest_batches (task_id, received, inserted, duplicates, dead_lettered,"
-        " non_address_ips, seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (task_id, *astuple(counts), seconds),
+        "INSERT INTO ingest_batches (task_id, received, inserted, duplicates, dead_lettered, non_address_ips,"
+        " seconds, freshness_counts, freshness_sum, duration_counts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            task_id,
+            *astuple(counts),
+            times.seconds,
+            histogram.counts(times.freshness, histogram.FRESHNESS_BOUNDS),
+            float(sum(times.freshness)),
+            histogram.counts([times.seconds], histogram.DURATION_BOUNDS),
+        ),
     )
 
 
-LEDGER_KEYS = (
-    "received",
-    "inserted",
-    "duplicates",
-    "dead_lettered",
-    "non_address_ips",
-    "batches",
-    "seconds",
-    "slowest_seconds",
-)
+def record_fetch(cur: Cursor, started: float, newest_sent_ms: int | None) -> None:
+    """Mark a fetch's start (unix seconds) and the newest SentTimestamp it received
+    (None: it received nothing); an older fetch finishing late changes nothing."""
+    cur.execute(
+        "INSERT INTO heartbeats AS h (name, at, newest_sent_at)"
+        " VALUES ('fetch', to_timestamp(%s), to_timestamp(%s::double precision / 1000))"
+        " ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, newest_sent_at = EXCLUDED.newest_sent_at"
+        " WHERE h.at <= EXCLUDED.at",
+        (started, newest_sent_ms),
+    )
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The ledger's totals as /metrics shows them."""
+
+    totals: dict[str, float]
+    freshness_counts: list[int]
+    freshness_sum: float
+    duration_counts: list[int]
+    last_commit: float | None  # unix seconds
+    dead_letters: dict[str, int]  # by reason class
+    last_fetch: float | None  # unix seconds
+    newest_fetched_sent: float | None
+
+
+LEDGER_KEYS = ("received", "inserted", "duplicates", "dead_lettered", "non_address_ips", "batches", "seconds")
+
+
+def _sum_arrays(arrays: list[list[int] | None]) -> list[int]:
+    return [sum(column) for column in zip_longest(*(a or [] for a in arrays), fillvalue=0)]
+
+
+def _totals(cur: Cursor) -> dict[str, float]:
+    cur.execute(
+        "SELECT coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),"
+        " coalesce(sum(dead_lettered), 0), coalesce(sum(non_address_ips), 0), coalesce(sum(batches), 0),"
+        " coalesce(sum(seconds), 0) FROM ledger_rollup"
+    )
+    return dict(zip(LEDGER_KEYS, map(float, one_row(cur)), strict=True))
 
 
 def ledger_totals(conn: Connection) -> dict[str, float]:
-    """Sums over ingest_batches, the pipeline's own ledger (cheap: no table scan of rows)."""
+    """Sums over ingest_batches, read from its rollup (a few rows, however long the ledger)."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),"
-            " coalesce(sum(dead_lettered), 0), coalesce(sum(non_address_ips), 0), count(*),"
-            " coalesce(sum(seconds), 0), coalesce(max(seconds), 0) FROM ingest_batches"
-        )
-        row = one_row(cur)
+        totals = _totals(cur)
     conn.rollback()
-    return dict(zip(LEDGER_KEYS, map(float, row), strict=True))
+    return totals
+
+
+def ledger(conn: Connection) -> Ledger:
+    """Everything /metrics reads from PostgreSQL, in one read-only transaction."""
+    with conn.cursor() as cur:
+        totals = _totals(cur)
+        cur.execute(
+            "SELECT freshness_counts, freshness_sum, duration_counts, extract(epoch FROM last_commit)"
+            " FROM ledger_rollup"
+        )
+        shards = cur.fetchall()
+        cur.execute("SELECT reason_class, sum(letters) FROM dead_letter_rollup GROUP BY 1")
+        letters = {name: int(n) for name, n in cur.fetchall()}
+        cur.execute(
+            "SELECT extract(epoch FROM at), extract(epoch FROM newest_sent_at) FROM heartbeats WHERE name = 'fetch'"
+        )
+        fetch = cur.fetchone()
+    conn.rollback()
+    commits = [float(s[3]) for s in shards if s[3] is not None]
+    return Ledger(
+        totals=totals,
+        freshness_counts=_sum_arrays([s[0] for s in shards]),
+        freshness_sum=sum(float(s[1]) for s in shards),
+        duration_counts=_sum_arrays([s[2] for s in shards]),
+        last_commit=max(commits) if commits else None,
+        dead_letters=letters,
+        last_fetch=float(fetch[0]) if fetch else None,
+        newest_fetched_sent=float(fetch[1]) if fetch and fetch[1] is not None else None,
+    )
 
 
 def totals(conn: Connection) -> dict[str, int]:

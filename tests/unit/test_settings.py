@@ -54,7 +54,7 @@ def test_real_aws_means_no_endpoint_and_the_default_credential_chain(monkeypatch
 def test_secrets_are_typed_as_secrets() -> None:
     secret = {name for name in Settings.model_fields if celeryconfig.is_secret(name)}
     assert secret == {"AWS_SECRET_ACCESS_KEY", "MASKING_KEYS", "DATABASE_URL", "FLOWER_BASIC_AUTH",
-                      "METRICS_DATABASE_URL", "CELERY_BROKER_URL"}  # fmt: skip
+                      "METRICS_DATABASE_URL", "METRICS_BASIC_AUTH", "CELERY_BROKER_URL"}  # fmt: skip
 
 
 def test_a_url_loses_its_password_and_nothing_else() -> None:
