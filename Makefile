@@ -13,6 +13,7 @@ TEST_STAMP := $(VENV)/.test-$(INPUTS)
 
 CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
+PROMTOOL := /usr/bin/promtool
 
 .PHONY: run demo test test-unit docs lock conformance screenshots lint stack-up stack-down status clean compose-seed audit
 
@@ -43,13 +44,27 @@ $(CHROMIUM) $(REDIS):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null; \
 	test -x $@ || { echo "apt-get installed no $@" >&2; exit 1; }
 
+# Debian's prometheus: promtool (`promtool check rules` and `test rules` on deploy/prometheus)
+# and the server the end-to-end alert test and `make screenshots` start on a free port with
+# their own config and data folder. Its postinst starts the package's own service (port
+# 9090, as user prometheus); the tests never use it, so it is stopped and disabled at once
+# (a Docker-style policy-rc.d has already refused to start it: stopping then is a no-op).
+# No recommends: prometheus-node-exporter would be one more service.
+$(PROMTOOL):
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "promtool is missing and only root can install it: sudo apt-get install -y --no-install-recommends prometheus" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	if [ -d /run/systemd/system ]; then systemctl disable --now prometheus.service >/dev/null 2>&1; \
+	else /etc/init.d/prometheus stop >/dev/null 2>&1; update-rc.d prometheus disable >/dev/null 2>&1; fi; \
+	test -x $@ && test -x /usr/bin/prometheus || { echo "apt-get installed no $@" >&2; exit 1; }
+
 run: $(DEMO_STAMP)           ## worker, beat and Flower on the embedded stack, until Ctrl-C
 	$(PY) -m tasks run --seed $(or $(SEED),1000)
 
 demo: $(DEMO_STAMP)          ## seed 1,000 events, drain them, print a summary, exit
 	$(PY) -m tasks run --drain --seed $(or $(SEED),1000)
 
-test: $(TEST_STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
+test: $(TEST_STAMP) $(CHROMIUM) $(REDIS) $(PROMTOOL)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
