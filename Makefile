@@ -72,8 +72,9 @@ test: $(TEST_STAMP) $(CHROMIUM) $(REDIS) $(PROMTOOL)  ## lint and types, then th
 conformance: $(TEST_STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
 	$(PY) -m tasks conformance --write-docs
 
-docs: $(DEMO_STAMP)     ## regenerate README's configuration and metrics tables from celeryconfig.py's Settings and tasks/ops/metrics.py
+docs: $(TEST_STAMP)     ## regenerate README's configuration and metrics tables (celeryconfig.py's Settings, tasks/ops/metrics.py) and the Grafana dashboard
 	$(PY) -m tasks config --write-readme
+	$(PY) -m tasks.dev.dashboard
 
 test-unit: $(TEST_STAMP)     ## the pure functions only: no services, a few seconds
 	$(PY) -m pytest tests/unit
