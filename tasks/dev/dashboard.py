@@ -20,7 +20,6 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
 from grafana_foundation_sdk.builders.common import StackingConfig
-from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import StackingMode
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
@@ -58,7 +57,7 @@ def single(title: str, description: str, unit: str, *queries: prometheus.Dataque
     return with_queries(panel, queries).height(4).span(width)
 
 
-def freshness_panels() -> Iterator[Builder[Any]]:
+def freshness_panels() -> Iterator[Any]:
     histogram = "login_pipeline_freshness_seconds"
     yield graph(
         "Freshness: send to commit",
@@ -79,7 +78,7 @@ def freshness_panels() -> Iterator[Builder[Any]]:
     )
 
 
-def flow_panels() -> Iterator[Builder[Any]]:
+def flow_panels() -> Iterator[Any]:
     yield graph(
         "Throughput",
         "Events per second: processed by batches, rows written, deliveries skipped as already written.",
@@ -109,7 +108,7 @@ def flow_panels() -> Iterator[Builder[Any]]:
     )
 
 
-def loss_panels() -> Iterator[Builder[Any]]:
+def loss_panels() -> Iterator[Any]:
     yield graph(
         "Dead letters by reason",
         "Records set aside to login-queue-dlq per interval, by reason class (LoginPipelineDeadLetters).",
@@ -133,7 +132,7 @@ def loss_panels() -> Iterator[Builder[Any]]:
     )
 
 
-def health_panels() -> Iterator[Builder[Any]]:
+def health_panels() -> Iterator[Any]:
     yield single(
         "Workers online",
         "Workers Flower sees online (LoginPipelineNoWorkerOnline).",
