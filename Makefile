@@ -90,7 +90,7 @@ audit: $(TEST_STAMP)       ## known vulnerabilities of requirements.txt and requ
 	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements.txt
 	$(VENV)/bin/pip-audit --strict --vulnerability-service $(or $(AUDIT_SERVICE),pypi) -r requirements-dev.txt
 
-screenshots: $(TEST_STAMP) $(CHROMIUM)  ## docs/img/flower-*.png: Flower on the embedded stack, in chromium
+screenshots: $(TEST_STAMP) $(CHROMIUM) $(PROMTOOL)  ## docs/img/flower-*.png and prometheus-*.png: Flower and Prometheus on the embedded stack, in chromium
 	$(PY) -m tasks.dev.screenshots
 
 lint: $(TEST_STAMP)

@@ -11,15 +11,31 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks.dev import prometheus
+import celeryconfig as config
+from tasks.dev import dashboard, prometheus, runner, seed
+from tasks.pipeline import store
+from tests.helpers import (
+    Worker,
+    free_port,
+    kill_group,
+    reset_pipeline,
+    spawn,
+    start_flower,
+    stop_process,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "deploy" / "prometheus"
@@ -84,3 +100,134 @@ def test_the_shortened_copy_is_valid_and_shortens_every_wait(tmp_path: Path) -> 
     assert not re.search(r"for: \d+m|\[\d+[mhd]\]", short), "a duration left unshortened"
     assert "time() - max(login_pipeline_beat_last_tick_timestamp_seconds) > 4\n" in short
     assert 'le=~"5|5\\\\.0"' in short  # the SLO's 5 s is real events' latency: unchanged
+
+
+# --- End to end: a real Prometheus scraping a running pipeline ---------------------------
+AUTH = ("prometheus", "test-only-scrape-password")
+# The shipped rules' durations over 30: `for: 2m` is 4 s, a 10-minute window 20 s, beat
+# silent for 4 s instead of 120 s. Prometheus scrapes and evaluates every second.
+DIVISOR = 30
+FIRE_WITHIN = 60  # seconds: a few `for:` periods, scrapes and evaluations
+
+
+class Monitored:
+    """Worker, beat (its own process, so it can be stopped) and Flower with basic auth on
+    the session's stack, scraped by a Prometheus of its own; every process in its own
+    group, killed at the end whatever happens."""
+
+    def __init__(self) -> None:
+        self.worker = Worker(f"alerts-{os.getpid()}", heartbeat=True)  # Flower's worker_online needs heartbeats
+        self.beat = self.start_beat()
+        self.flower_port = free_port()
+        self.flower = start_flower(self.flower_port, env={"FLOWER_BASIC_AUTH": ":".join(AUTH)}, name="alerts-flower")
+        port = free_port()
+        self.prometheus = prometheus.Server(config.STACK_DIR / f"prometheus-{port}", port)
+        self.prometheus.configure(f"127.0.0.1:{self.flower_port}", AUTH, DIVISOR)
+        self.server = spawn(self.prometheus.command(), self.prometheus.folder / "prometheus.log")
+        wait_until(self.prometheus.ready, timeout=30, what="Prometheus ready")
+        wait_until(lambda: self.prometheus.target_health() == "up", timeout=30, what="Flower scraped with basic auth")
+
+    def start_beat(self) -> object:
+        return spawn(runner.beat_command(), config.STACK_DIR / "alerts-beat.log")
+
+    def stop(self) -> None:
+        for process in (self.server, self.beat):
+            kill_group(process)
+        stop_process(self.flower)
+        self.worker.stop()
+
+    def firing(self, name: str) -> list[dict]:
+        return self.prometheus.alerts().get(name, [])
+
+    def wait_firing(self, name: str) -> dict:
+        return wait_until(lambda: self.firing(name), timeout=FIRE_WITHIN, what=f"{name} firing")[0]
+
+    def wait_clear(self, name: str, timeout: float = FIRE_WITHIN) -> None:
+        wait_until(lambda: not self.firing(name), timeout=timeout, what=f"{name} cleared")
+
+
+@pytest.fixture(scope="module")
+def monitored(test_stack: None) -> Iterator[Monitored]:
+    reset_pipeline()
+    pipeline = None
+    try:
+        pipeline = Monitored()
+        yield pipeline
+    finally:
+        if pipeline:
+            pipeline.stop()
+
+
+def send_events(count: int, seed_value: int) -> int:
+    """Send `count` realistic events (a few anomalies among them); how many make rows."""
+    events = list(seed.generate(count, seed_value))
+    seed.send(config.SOURCE_QUEUE, [body for body, _ in events])
+    return sum(valid for _, valid in events)
+
+
+def rows(database_url: str) -> int:
+    conn = store.connect(database_url)
+    try:
+        return store.totals(conn)["inserted"]
+    finally:
+        conn.close()
+
+
+def test_poison_events_fire_dead_letters_naming_their_reasons_and_it_clears(monitored: Monitored) -> None:
+    monitored.wait_clear("LoginPipelineDeadLetters")
+    seed.send(config.SOURCE_QUEUE, ["{oops", "[1, 2]", '{"device_id": "no user"}'])
+    alert = monitored.wait_firing("LoginPipelineDeadLetters")
+    description = alert["annotations"]["description"]
+    assert alert["labels"]["severity"] == "ticket"
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#loginpipelinedeadletters"
+    assert "not_json" in description, description
+    monitored.wait_clear("LoginPipelineDeadLetters")  # no new dead letter for the (shortened) 10 minutes
+
+
+def test_the_database_refusing_connections_fires_database_down_and_it_clears(
+    monitored: Monitored, database_url: str
+) -> None:
+    monitored.wait_clear("LoginPipelineDatabaseDown")
+    before = rows(database_url)
+    admin = store.connect(database_url.replace("/postgres?", "/template1?"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:  # no new connection, every open one cut: Flower's too
+            cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS false")
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'postgres'")
+        valid = send_events(300, 1901)  # batches that meet the refusal, and retry
+        alert = monitored.wait_firing("LoginPipelineDatabaseDown")
+        assert alert["labels"]["severity"] == "page"
+        monitored.worker.wait_for("Retry in", timeout=FIRE_WITHIN)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS true")
+        admin.close()
+    monitored.wait_clear("LoginPipelineDatabaseDown")
+    wait_until(lambda: rows(database_url) >= before + valid, timeout=120, what="the retried batches written")
+
+
+def test_beat_stopped_fires_beat_down_and_then_stalled_and_both_clear(monitored: Monitored) -> None:
+    monitored.wait_clear("LoginPipelineBeatDown")
+    monitored.wait_clear("LoginPipelineStalled")
+    kill_group(monitored.beat)
+    monitored.wait_firing("LoginPipelineBeatDown")
+    send_events(200, 1902)  # a backlog no fetch reads: stalled once no commit came for a while
+    stalled = monitored.wait_firing("LoginPipelineStalled")
+    assert float(stalled["value"]) >= 200
+    monitored.beat = monitored.start_beat()
+    monitored.wait_clear("LoginPipelineBeatDown")
+    monitored.wait_clear("LoginPipelineStalled")
+
+
+def test_every_dashboard_panel_query_returns_data(monitored: Monitored) -> None:
+    """After the faults above (retries, dead letters, commits), each query of
+    deploy/grafana/login-pipeline.json, with Grafana's $__rate_interval as 5 minutes."""
+    board = json.loads(dashboard.OUTPUT.read_text())
+    empty = []
+    for title, expr in dashboard.panel_queries(board):
+        result = monitored.prometheus.query(expr.replace("$__rate_interval", "5m"))
+        values = [float(sample["value"][1]) for sample in result]
+        if not any(not math.isnan(value) for value in values):
+            empty.append(f"{title}: {expr} -> {values}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)

@@ -3,7 +3,8 @@
 One tour of Flower's pages, as a user sees them, for tests/test_flower_browser.py and
 for `make screenshots` (tasks/dev/screenshots.py). Each `show_*` opens a page, waits
 until its data has loaded (the dashboard and the task list load theirs by AJAX) and
-returns the page's visible text.
+returns the page's visible text. `make screenshots` also opens two pages of Prometheus's
+own (classic) web UI: a graph and the alerts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system"
 
 @contextmanager
 def flower_page(base_url: str, credentials: tuple[str, str] | None = None) -> Iterator[Page]:
-    """A page of a fresh headless chromium, with Flower's address as its base URL."""
+    """A page of a fresh headless chromium, with Flower's (or Prometheus's) address as its base URL."""
     if not os.path.exists(CHROMIUM):
         raise RuntimeError(f"no chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)")
     with sync_playwright() as playwright:
@@ -88,4 +89,21 @@ def show_task(page: Page, task_id: str) -> str:
 def show_broker(page: Page) -> str:
     page.goto("/broker")
     page.locator("#queue-table").wait_for()
+    return page_text(page)
+
+
+def show_prometheus_graph(page: Page, expr: str, range_input: str = "10m") -> str:
+    """Prometheus's graph page of `expr` over the last `range_input`, once drawn."""
+    page.goto(f"/classic/graph?g0.expr={quote(expr)}&g0.tab=0&g0.range_input={range_input}")
+    page.locator(".graph_area svg path").first.wait_for()
+    return page_text(page)
+
+
+def show_prometheus_alerts(page: Page) -> str:
+    """Prometheus's alerts page: only the pending and firing ones, opened, with annotations."""
+    page.goto("/classic/alerts")
+    page.locator("label", has_text="Inactive").click()  # hide the inactive ones
+    page.locator("button.show-annotations").click()
+    for header in page.locator("tr.alert_header.alert-danger").all():
+        header.click()
     return page_text(page)
