@@ -113,28 +113,41 @@ FIRE_WITHIN = 60  # seconds: a few `for:` periods, scrapes and evaluations
 class Monitored:
     """Worker, beat (its own process, so it can be stopped) and Flower with basic auth on
     the session's stack, scraped by a Prometheus of its own; every process in its own
-    group, killed at the end whatever happens."""
+    group, all killed by `stop` whatever happened."""
 
     def __init__(self) -> None:
-        self.worker = Worker(f"alerts-{os.getpid()}", heartbeat=True)  # Flower's worker_online needs heartbeats
-        self.beat = self.start_beat()
-        self.flower_port = free_port()
-        self.flower = start_flower(self.flower_port, env={"FLOWER_BASIC_AUTH": ":".join(AUTH)}, name="alerts-flower")
         port = free_port()
         self.prometheus = prometheus.Server(config.STACK_DIR / f"prometheus-{port}", port)
+        self.flower_port = free_port()
+        self.worker: Worker | None = None
+        self.beat: subprocess.Popen | None = None
+        self.flower: subprocess.Popen | None = None
+        self.server: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.worker = Worker(f"alerts-{os.getpid()}", heartbeat=True)  # Flower's worker_online needs heartbeats
+        self.start_beat()
+        self.flower = start_flower(self.flower_port, env={"FLOWER_BASIC_AUTH": ":".join(AUTH)}, name="alerts-flower")
         self.prometheus.configure(f"127.0.0.1:{self.flower_port}", AUTH, DIVISOR)
         self.server = spawn(self.prometheus.command(), self.prometheus.folder / "prometheus.log")
         wait_until(self.prometheus.ready, timeout=30, what="Prometheus ready")
         wait_until(lambda: self.prometheus.target_health() == "up", timeout=30, what="Flower scraped with basic auth")
 
-    def start_beat(self) -> object:
-        return spawn(runner.beat_command(), config.STACK_DIR / "alerts-beat.log")
+    def start_beat(self) -> None:
+        self.beat = spawn(runner.beat_command(), config.STACK_DIR / "alerts-beat.log")
+
+    def kill_beat(self) -> None:
+        if self.beat:
+            kill_group(self.beat)
 
     def stop(self) -> None:
         for process in (self.server, self.beat):
-            kill_group(process)
-        stop_process(self.flower)
-        self.worker.stop()
+            if process:
+                kill_group(process)
+        if self.flower:
+            stop_process(self.flower)
+        if self.worker:
+            self.worker.stop()
 
     def firing(self, name: str) -> list[dict]:
         return self.prometheus.alerts().get(name, [])
@@ -149,13 +162,12 @@ class Monitored:
 @pytest.fixture(scope="module")
 def monitored(test_stack: None) -> Iterator[Monitored]:
     reset_pipeline()
-    pipeline = None
+    pipeline = Monitored()
     try:
-        pipeline = Monitored()
+        pipeline.start()
         yield pipeline
     finally:
-        if pipeline:
-            pipeline.stop()
+        pipeline.stop()
 
 
 def send_events(count: int, seed_value: int) -> int:
@@ -210,12 +222,12 @@ def test_the_database_refusing_connections_fires_database_down_and_it_clears(
 def test_beat_stopped_fires_beat_down_and_then_stalled_and_both_clear(monitored: Monitored) -> None:
     monitored.wait_clear("LoginPipelineBeatDown")
     monitored.wait_clear("LoginPipelineStalled")
-    kill_group(monitored.beat)
+    monitored.kill_beat()
     monitored.wait_firing("LoginPipelineBeatDown")
     send_events(200, 1902)  # a backlog no fetch reads: stalled once no commit came for a while
     stalled = monitored.wait_firing("LoginPipelineStalled")
     assert float(stalled["value"]) >= 200
-    monitored.beat = monitored.start_beat()
+    monitored.start_beat()
     monitored.wait_clear("LoginPipelineBeatDown")
     monitored.wait_clear("LoginPipelineStalled")
 
