@@ -131,9 +131,14 @@ def take_prometheus(server: Any, beat: Beat, late_events: list[str]) -> list[Pat
 
 
 def main() -> int:
-    os.environ.setdefault("FLOWER_PORT", str(_free_port()))  # before celeryconfig is read
-    os.environ.setdefault("BATCH_SIZE", "160")
-    os.environ.setdefault("FLOWER_BASIC_AUTH", f"screenshots:{secrets.token_hex(12)}")
+    # For the processes it starts, which read their environment afresh: this process has
+    # read celeryconfig already (`python -m` imports the tasks package, the Celery app).
+    port = os.environ.get("FLOWER_PORT") or str(_free_port())
+    os.environ.update(
+        FLOWER_PORT=port,
+        BATCH_SIZE=os.environ.get("BATCH_SIZE", "160"),
+        FLOWER_BASIC_AUTH=os.environ.get("FLOWER_BASIC_AUTH") or f"screenshots:{secrets.token_hex(12)}",
+    )
     import celeryconfig as config
     from tasks.dev import prometheus, runner, seed, stack
 
@@ -143,13 +148,13 @@ def main() -> int:
     user, _, password = os.environ["FLOWER_BASIC_AUTH"].partition(":")
     server = prometheus.Server(config.STACK_DIR / "prometheus-screenshots", _free_port())
     shutil.rmtree(server.folder, ignore_errors=True)  # no series of an earlier run
-    server.configure(f"127.0.0.1:{config.FLOWER_PORT}", (user, password), divisor=30)
+    server.configure(f"127.0.0.1:{port}", (user, password), divisor=30)
     commands = {
         "screenshots-worker": runner.worker_command("screenshots"),
         "screenshots-flower": runner.flower_command(),
         "screenshots-prometheus": server.command(),
     }
-    url = f"http://127.0.0.1:{config.FLOWER_PORT}"
+    url = f"http://127.0.0.1:{port}"
     beat = Beat(logs / "screenshots-beat.log")
     with runner.processes(commands):
         try:
