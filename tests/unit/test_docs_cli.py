@@ -29,7 +29,7 @@ FOREIGN_OPTIONS = {
     "--loglevel": "celery worker",
 }
 # Spans that are another program's command line: their options are that program's.
-FOREIGN_COMMANDS = re.compile(r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make)\b")
+FOREIGN_COMMANDS = re.compile(r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make|kubectl|promtool|prometheus|aws|psql)\b")
 INVOCATION = re.compile(r"python -m tasks\b(.*)")
 
 
