@@ -34,10 +34,10 @@ $(CHROMIUM) $(REDIS):
 	test -x $@ || { echo "apt-get installed no $@" >&2; exit 1; }
 
 run: $(STAMP)           ## worker, beat and Flower on the embedded stack, until Ctrl-C
-	$(PY) -m tasks run --seed $(or $(SEED),1000)
+	$(PY) -m tasks dev run --seed $(or $(SEED),1000)
 
 demo: $(STAMP)          ## seed 1,000 events, drain them, print a summary, exit
-	$(PY) -m tasks run --drain --seed $(or $(SEED),1000)
+	$(PY) -m tasks dev run --drain --seed $(or $(SEED),1000)
 
 test: $(STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
 	$(PY) -m ruff check .
@@ -45,10 +45,10 @@ test: $(STAMP) $(CHROMIUM) $(REDIS)  ## lint and types, then the whole suite aga
 	$(PY) -m pytest
 
 conformance: $(STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
-	$(PY) -m tasks conformance --write-docs
+	$(PY) -m tasks dev conformance --write-docs
 
-docs: $(STAMP)          ## regenerate README's configuration table from celeryconfig.py
-	$(PY) -m tasks config --write-readme
+docs: $(STAMP)          ## regenerate README's tables made from the code: settings (celeryconfig.py) and commands (tasks/cli)
+	$(PY) -m tasks dev docs
 
 test-unit: $(STAMP)     ## the pure functions only: no services, a few seconds
 	$(PY) -m pytest tests/unit
@@ -67,10 +67,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
 
 stack-up: $(STAMP)
-	$(PY) -m tasks stack up
+	$(PY) -m tasks dev stack up
 
 stack-down: $(STAMP)
-	$(PY) -m tasks stack down
+	$(PY) -m tasks dev stack down
 
 status: $(STAMP)
 	$(PY) -m tasks status
@@ -79,8 +79,8 @@ status: $(STAMP)
 # events from here to compose's LocalStack, published on 127.0.0.1:4566.
 compose-seed: $(STAMP)  ## load the exercise's 100 events into `docker compose up`'s login-queue
 	SQS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
-		$(PY) -m tasks seed $(if $(COUNT),--count $(COUNT))
+		$(PY) -m tasks dev seed $(if $(COUNT),--count $(COUNT))
 
 clean:
-	-$(PY) -m tasks stack down
+	-$(PY) -m tasks dev stack down
 	rm -rf $(VENV) .stack

@@ -1,7 +1,7 @@
 """Every setting of the login pipeline, read from the environment.
 
 Upper-case names are the pipeline's own settings; lower-case names are Celery's.
-Defaults fit the embedded stack (`python -m tasks stack up`): LocalStack on
+Defaults fit the embedded stack (`python -m tasks dev stack up`): LocalStack on
 localhost:4566 and the PostgreSQL server the stack started. Point the same
 variables at real AWS and a managed PostgreSQL for production. Each variable is
 declared once, here, with its default and what it does; README's configuration table
@@ -161,13 +161,17 @@ METRICS_DATABASE_URL = _env(
 )
 
 
+class NoDatabase(RuntimeError):
+    """No DATABASE_URL, and no embedded stack's server to fall back on."""
+
+
 def database_url() -> str:
     """The PostgreSQL URL: DATABASE_URL, else the embedded stack's server."""
     if DATABASE_URL:
         return DATABASE_URL
     if DATABASE_URL_FILE.exists():
         return DATABASE_URL_FILE.read_text().strip()
-    raise RuntimeError("DATABASE_URL is not set and the embedded stack is not up")
+    raise NoDatabase("DATABASE_URL is not set and the embedded stack is not up")
 
 
 def metrics_database_url() -> str:
@@ -280,3 +284,8 @@ beat_schedule = {
     },
 }
 beat_schedule_filename = str(STACK_DIR / "celerybeat-schedule")
+
+# --- Commands ----------------------------------------------------------------------
+LOG_LEVEL = _env(
+    "LOG_LEVEL", "INFO", "`DEBUG`: a failing `python -m tasks` command shows its traceback, as `--debug` does"
+)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("clean")
 
 
 def drain(*args: str) -> dict[str, float]:
-    result = python_m_tasks("run", "--drain", "--json", "--timeout", "240", *args)
+    result = python_m_tasks("dev", "run", "--drain", "--json", "--timeout", "240", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

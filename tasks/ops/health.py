@@ -24,6 +24,23 @@ def touch(**_: Any) -> None:
     path.touch()
 
 
+def heartbeat_age() -> float | None:
+    """Seconds since this machine's worker last touched the health file; None if never."""
+    try:
+        return time.time() - Path(config.WORKER_HEALTH_FILE).stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def alive(max_age: float) -> bool:
-    path = Path(config.WORKER_HEALTH_FILE)
-    return path.exists() and time.time() - path.stat().st_mtime < max_age
+    age = heartbeat_age()
+    return age is not None and age < max_age
+
+
+def verdict(max_age: float) -> str:
+    """One line: what was checked, and the heartbeat's age."""
+    age, where = heartbeat_age(), config.WORKER_HEALTH_FILE
+    if age is None:
+        return f"not alive: no worker heartbeat yet ({where} does not exist)"
+    state = "alive" if age < max_age else "not alive"
+    return f"{state}: the worker's last heartbeat was {age:.1f} s ago (limit {max_age:g} s; {where})"

@@ -1,4 +1,4 @@
-"""`stack sweep`: remove what killed Flower, `inspect` or event processes left on SQS/SNS.
+"""`sweep`: remove what killed Flower, `inspect` or event processes left on SQS/SNS.
 
 Processes that exit normally delete their own queues (tasks.transport). One killed
 outright leaves its event queue (``celeryev-<uuid>``) and reply queues
