@@ -1,10 +1,12 @@
 """Every command's failure as one line and a documented exit code, in one place.
 
-`main` runs the click tree and translates whatever a command raises: click's own usage
-errors (exit 2), a `Failure` a layer raised with its line and code, and any service error
-(PostgreSQL, SQS/SNS, timeouts, a port taken) through `tasks.ops.failures.describe`.
-No traceback unless asked for, with `--debug` or LOG_LEVEL=DEBUG; the codes are listed in
-tasks/ops/failures.py and README ("Exit codes").
+The root group is a `Translating` group: whatever a command below it raises, a `Failure`
+a layer raised with its line and code, or any service error (PostgreSQL, SQS/SNS,
+timeouts, a port taken), is said in one line by `tasks.ops.failures.describe` and ends
+the command with its code, also when the group runs as `celery pipeline`. `main`, for
+`python -m tasks`, also puts click's usage errors (exit 2) on one line. No traceback
+unless asked for, with `--debug` or LOG_LEVEL=DEBUG; the codes are listed in
+tasks/ops/failures.py and README.
 """
 
 from __future__ import annotations
@@ -12,20 +14,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from dataclasses import dataclass
 
 import click
 
 from tasks.ops.failures import ChildFailed, Exit, describe
 
 INTERRUPTED = 130  # the shell's own code for Ctrl-C
-
-
-@dataclass
-class State:
-    """What the root group's options set for the whole invocation."""
-
-    debug: bool = False
 
 
 def _debug_by_environment() -> bool:
@@ -54,12 +48,24 @@ def report(exc: BaseException, debug: bool) -> int:
     return int(described.code)
 
 
+class Translating(click.Group):
+    """A group whose commands' failures end in one line and their exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            code = report(exc, bool(ctx.params.get("debug")) or _debug_by_environment())
+            raise click.exceptions.Exit(code) from None
+
+
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> int:
     from tasks.cli.operator import root
 
-    state = State()
     try:
-        result = root.main(args=argv, prog_name=prog_name, standalone_mode=False, obj=state)
+        result = root.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:  # a bad option or value: one line too
@@ -72,6 +78,6 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> int:
     except (click.Abort, KeyboardInterrupt):
         _say("interrupted")
         return INTERRUPTED
-    except Exception as exc:
-        return report(exc, state.debug or _debug_by_environment())
+    except Exception as exc:  # raised outside any command (click's own machinery)
+        return report(exc, _debug_by_environment())
     return int(result or Exit.OK)

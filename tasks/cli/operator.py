@@ -16,27 +16,26 @@ from typing import Any
 import click
 
 from tasks.cli.dev import dev
-from tasks.cli.errors import State
+from tasks.cli.errors import Translating
 from tasks.ops.failures import Exit, Failure
 
 PACKAGE = "login-pipeline"
 SECONDS = click.FloatRange(min=0, min_open=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    "pipeline", cls=Translating, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name=PACKAGE, prog_name=PACKAGE, message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="On a failure, show the traceback too (also LOG_LEVEL=DEBUG).")
-@click.pass_obj
-def root(state: State | None, debug: bool) -> None:
+def root(debug: bool) -> None:
     """The login pipeline: SQS login events, masked, into PostgreSQL, by Celery.
 
     Operator commands below; the developer's (embedded stack, seed data, run, bench,
     faults) are under `dev`. Exit codes: 0 done, 1 a negative answer, 2 usage or
     configuration, 3 a service unreachable or a port taken, 4 a child process failed,
-    5 an unforeseen error.
+    5 an unforeseen error. The same commands run as `celery -A tasks pipeline ...`.
     """
-    if state is not None:
-        state.debug = debug
 
 
 def refused(exc: Exception) -> Failure:
@@ -59,7 +58,7 @@ def init() -> None:
 
 @root.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def status(as_json: bool) -> int:
+def status(as_json: bool) -> None:
     """Queue depths, rows, dead letters and duplicate deliveries.
 
     What it cannot reach is marked unreachable, with the reason, and the exit code is 3.
@@ -68,14 +67,15 @@ def status(as_json: bool) -> int:
 
     report = probe.survey()
     click.echo(json.dumps(report, indent=2) if as_json else probe.render(report))
-    return Exit.UNREACHABLE if probe.unreachable(report) else Exit.OK
+    if probe.unreachable(report):
+        raise click.exceptions.Exit(Exit.UNREACHABLE)
 
 
 @root.command()
 @click.option(
     "--max-age", type=SECONDS, default=60, show_default=True, metavar="SECONDS", help="Oldest heartbeat that counts."
 )
-def health(max_age: float) -> int:
+def health(max_age: float) -> None:
     """Liveness: exit 0 if this machine's worker sent a heartbeat lately, else 1.
 
     Reads the file the worker touches on each heartbeat (WORKER_HEALTH_FILE), no SQS call;
@@ -84,7 +84,8 @@ def health(max_age: float) -> int:
     from tasks.ops import health as probe
 
     click.echo(probe.verdict(max_age))
-    return Exit.OK if probe.alive(max_age) else Exit.NEGATIVE
+    if not probe.alive(max_age):
+        raise click.exceptions.Exit(Exit.NEGATIVE)
 
 
 def _key_ring() -> Any:
