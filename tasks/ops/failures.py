@@ -17,6 +17,7 @@ service, the operation, the error's code and what to do.
 from __future__ import annotations
 
 import errno
+import subprocess
 import traceback
 from dataclasses import dataclass
 from enum import IntEnum
@@ -170,6 +171,9 @@ def describe(exc: BaseException) -> Described:
         return _aws(exc)
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return Described(f"a port is already taken ({exc.strerror}): free it or choose another", Exit.UNREACHABLE)
+    if isinstance(exc, subprocess.CalledProcessError):
+        command = " ".join(Path(str(part)).name for part in list(exc.cmd)[:4])
+        return Described(f"`{command} …` failed with status {exc.returncode}; see its output above", Exit.CHILD_FAILED)
     if isinstance(exc, ModuleNotFoundError):
         name = exc.name or "?"
         if name.startswith("tasks.dev"):
