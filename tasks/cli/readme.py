@@ -5,6 +5,7 @@ equal to them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import click
 
@@ -35,6 +36,33 @@ def _leaves(group: click.Group, path: list[str]) -> Iterator[tuple[list[str], cl
             yield from _leaves(command, [*path, name])
         else:
             yield [*path, name], command
+
+
+@dataclass(frozen=True)
+class CommandWords:
+    """What a command takes: its --options, and for a group, its sub-commands' names."""
+
+    options: frozenset[str]
+    choices: frozenset[str]
+
+
+def commands(group: click.Group | None = None, path: str = "") -> dict[str, CommandWords]:
+    """Every command and group of `python -m tasks`, by its path (`dev stack up`), and the
+    words it takes, from the click tree: what README and docs may name
+    (tests/unit/test_docs_cli.py)."""
+    if group is None:
+        from tasks.cli.operator import root
+
+        group = root
+    found: dict[str, CommandWords] = {}
+    for name, command in group.commands.items():
+        key = f"{path} {name}".strip()
+        options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts if o.startswith("--")}
+        children = set(command.commands) if isinstance(command, click.Group) else set()
+        found[key] = CommandWords(frozenset(options | {"--help"}), frozenset(children))
+        if isinstance(command, click.Group):
+            found |= commands(command, key)
+    return found
 
 
 def _summary(command: click.Command) -> str:
