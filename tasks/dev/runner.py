@@ -157,15 +157,16 @@ def check_children(running: dict[str, subprocess.Popen]) -> None:
 
 
 def wait_until_drained(
-    running: dict[str, subprocess.Popen], timeout: float, poll: float = 1.0, settle: int = 2
+    timeout: float, poll: float = 1.0, settle: int = 2, running: dict[str, subprocess.Popen] | None = None
 ) -> None:
-    """Until login-queue and the batch queue were empty `settle` polls in a row."""
+    """Until login-queue and the batch queue were empty `settle` polls in a row; a child
+    of `running` that exits fails it."""
     quiet, deadline = 0, time.monotonic() + timeout
     while quiet < settle:
         if time.monotonic() > deadline:
             raise DrainTimeout(timeout)
         time.sleep(poll)
-        check_children(running)
+        check_children(running or {})
         report = progress()
         quiet = quiet + 1 if report is not None and status.pipeline_idle(report) else 0
 
@@ -218,7 +219,7 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, 
             stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT} ({auth}, {mode})")
         try:
             if drain:
-                wait_until_drained(running, timeout)
+                wait_until_drained(timeout, running=running)
             else:
                 watch(running)
         except KeyboardInterrupt:
