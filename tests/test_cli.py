@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import celeryconfig as config
 from tasks.broker import aws
 from tasks.dev import seed
 from tasks.pipeline import store
-from tests.helpers import command, dead_letters, free_port, python_m_tasks, send_with_ids
+from tests.helpers import command, dead_letters, free_port, kill_group, python_m_tasks, send_with_ids, spawn, wait_until
 from tests.unit.test_commands import every_command
 
 KEY = "1:" + "A" * 43 + "="
@@ -263,16 +264,39 @@ def marked(marker: str) -> list[int]:
     return found
 
 
+def flower_of_the_run(marker: str) -> int | None:
+    """The pid of the Flower that the run marked with `marker` started, once it is up."""
+    for pid in marked(marker):
+        with contextlib.suppress(OSError):
+            if b"flower" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
+
+
 @pytest.mark.usefixtures("clean")
-def test_run_stops_the_others_when_a_child_exits_and_shows_its_log() -> None:
-    """Flower refuses to listen beyond the loopback without auth: it exits at start."""
+def test_run_stops_the_others_when_a_child_exits_and_shows_its_log(tmp_path) -> None:
+    """Flower dies under a running `dev run`: the run stops worker and beat, shows
+    Flower's last log lines and exits 4."""
     marker = uuid.uuid4().hex
-    env = {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": "", "FLOWER_PORT": str(free_port()), "RUN_MARKER": marker}
-    result = python_m_tasks("dev", "run", env=env, timeout=180)
-    assert result.returncode == 4, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    log = tmp_path / "run.log"
+    run = spawn(
+        [sys.executable, "-m", "tasks", "dev", "run"], log, {"FLOWER_PORT": str(free_port()), "RUN_MARKER": marker}
+    )
+    try:
+        flower = wait_until(lambda: flower_of_the_run(marker), timeout=60, what="the run's Flower")
+        wait_until(lambda: "Flower: http://" in log.read_text(), timeout=60, what="the run to be up")
+        os.kill(flower, signal.SIGKILL)
+        assert run.wait(timeout=120) == 4, log.read_text()[-3000:]
+    finally:
+        kill_group(run)
+        left = marked(marker)
+        for pid in left:  # the run's children, should it have failed to stop them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not left  # worker and beat are gone
+    said = log.read_text()
+    assert "Traceback" not in said
+    lines = said.strip().splitlines()
     failure = next(line for line in lines if line.startswith("flower exited with status"))
     assert "the others were stopped" in failure
     assert any(line.startswith("  | ") for line in lines[lines.index(failure) :])  # Flower's last log lines
-    assert not marked(marker)  # worker and beat are gone
