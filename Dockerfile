@@ -1,5 +1,5 @@
 # The pipeline's runtime image: worker, beat, Flower and the one-shot init (`python -m tasks
-# stack init`) run from it. It carries requirements.txt and the package only: no tasks/dev
+# init`) run from it. It carries requirements.txt and the package only: no tasks/dev
 # (embedded stack, seed, bench), no tests, no development dependencies (.dockerignore keeps
 # them out of the build context, and the build fails if tasks/dev got in anyway).
 #

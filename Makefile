@@ -59,10 +59,10 @@ $(PROMTOOL):
 	test -x $@ && test -x /usr/bin/prometheus || { echo "apt-get installed no $@" >&2; exit 1; }
 
 run: $(DEMO_STAMP)           ## worker, beat and Flower on the embedded stack, until Ctrl-C
-	$(PY) -m tasks run --seed $(or $(SEED),1000)
+	$(PY) -m tasks dev run --seed $(or $(SEED),1000)
 
 demo: $(DEMO_STAMP)          ## seed 1,000 events, drain them, print a summary, exit
-	$(PY) -m tasks run --drain --seed $(or $(SEED),1000)
+	$(PY) -m tasks dev run --drain --seed $(or $(SEED),1000)
 
 test: $(TEST_STAMP) $(CHROMIUM) $(REDIS) $(PROMTOOL)  ## lint and types, then the whole suite against real LocalStack, PostgreSQL, workers and Flower in chromium
 	$(PY) -m ruff check .
@@ -70,10 +70,10 @@ test: $(TEST_STAMP) $(CHROMIUM) $(REDIS) $(PROMTOOL)  ## lint and types, then th
 	$(PY) -m pytest
 
 conformance: $(TEST_STAMP) $(REDIS)  ## Celery's and kombu's own SQS integration suites, stock against ours -> docs/transport.md
-	$(PY) -m tasks conformance --write-docs
+	$(PY) -m tasks dev conformance --write-docs
 
-docs: $(TEST_STAMP)     ## regenerate README's configuration and metrics tables (celeryconfig.py's Settings, tasks/ops/metrics.py) and the Grafana dashboard
-	$(PY) -m tasks config --write-readme
+docs: $(TEST_STAMP)     ## regenerate README's tables made from the code (settings, metrics, commands) and the Grafana dashboard
+	$(PY) -m tasks dev docs
 	$(PY) -m tasks.dev.dashboard
 
 test-unit: $(TEST_STAMP)     ## the pure functions only: no services, a few seconds
@@ -97,10 +97,10 @@ lint: $(TEST_STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
 
 stack-up: $(DEMO_STAMP)
-	$(PY) -m tasks stack up
+	$(PY) -m tasks dev stack up
 
 stack-down: $(DEMO_STAMP)
-	$(PY) -m tasks stack down
+	$(PY) -m tasks dev stack down
 
 status: $(DEMO_STAMP)
 	$(PY) -m tasks status
@@ -109,8 +109,8 @@ status: $(DEMO_STAMP)
 # events from here to compose's LocalStack, published on 127.0.0.1:4566.
 compose-seed: $(DEMO_STAMP)  ## load the exercise's 100 events into `docker compose up`'s login-queue
 	SQS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
-		$(PY) -m tasks seed $(if $(COUNT),--count $(COUNT))
+		$(PY) -m tasks dev seed $(if $(COUNT),--count $(COUNT))
 
 clean:
-	-$(PY) -m tasks stack down
+	-$(PY) -m tasks dev stack down
 	rm -rf $(VENV) .stack

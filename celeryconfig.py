@@ -5,7 +5,7 @@ and meaning. It is the source; this module exposes its values under the names th
 and Celery read (`config.BATCH_SIZE`, `config.database_url()`, and the lower-case names
 of Celery's own settings, `app.config_from_object("celeryconfig")`). Upper-case names are
 the pipeline's settings, lower-case names Celery's. Defaults fit the embedded stack
-(`python -m tasks stack up`): LocalStack on localhost:4566 and the PostgreSQL server the
+(`python -m tasks dev stack up`): LocalStack on localhost:4566 and the PostgreSQL server the
 stack started; point the same variables at real AWS and a managed PostgreSQL for
 production. README's configuration table is made from these declarations
 (tasks/ops/readme.py, `make docs`) and a test holds the two equal; `python -m tasks
@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["text", "json"] = _setting(
         "text", "`text` (Celery's lines) or `json` (one object a line, for worker, beat, Flower and `metrics`)"
     )
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
+        "INFO", "`DEBUG`: a failing `python -m tasks` command shows its traceback, as `--debug` does"
+    )
 
     # --- Flower ----------------------------------------------------------------------------
     FLOWER_ADDRESS: str = _setting(
@@ -402,6 +405,7 @@ DATABASE_URL_FILE = STACK_DIR / "database.url"
 WORKER_HEALTH_FILE = str(_settings.WORKER_HEALTH_FILE)
 BEAT_HEALTH_FILE = str(_settings.BEAT_HEALTH_FILE)
 LOG_FORMAT = _settings.LOG_FORMAT
+LOG_LEVEL = _settings.LOG_LEVEL
 
 FLOWER_ADDRESS = _settings.FLOWER_ADDRESS
 FLOWER_PORT = _settings.FLOWER_PORT
@@ -418,13 +422,17 @@ def in_effect() -> Settings:
     return _settings
 
 
+class NoDatabase(RuntimeError):
+    """No DATABASE_URL, and no embedded stack's server to fall back on."""
+
+
 def database_url() -> str:
     """The PostgreSQL URL: DATABASE_URL, else the embedded stack's server."""
     if DATABASE_URL:
         return DATABASE_URL
     if DATABASE_URL_FILE.exists():
         return DATABASE_URL_FILE.read_text().strip()
-    raise RuntimeError("DATABASE_URL is not set and the embedded stack is not up")
+    raise NoDatabase("DATABASE_URL is not set and the embedded stack is not up")
 
 
 def metrics_basic_auth() -> str:

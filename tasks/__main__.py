@@ -1,5 +1,5 @@
 """Command line: `python -m tasks <command>` (see `python -m tasks --help`)."""
 
-from tasks.ops.cli import main
+from tasks.cli import main
 
 raise SystemExit(main())

@@ -74,12 +74,12 @@ def no_process_left_behind() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def test_stack(request: pytest.FixtureRequest) -> Iterator[None]:
     try:
-        result = python_m_tasks("stack", "up")
+        result = python_m_tasks("dev", "stack", "up")
         assert result.returncode == 0, result.stderr
         yield
     finally:
         kill_all()  # workers and Flowers first, so that nothing talks to a stopping stack
-        python_m_tasks("stack", "down")
+        python_m_tasks("dev", "stack", "down")
     if request.session.testsfailed:
         print(f"\ntest stack kept for its logs: {STACK_DIR}")
     else:

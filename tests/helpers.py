@@ -349,8 +349,15 @@ def python_m_tasks(
     *args: str, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m tasks ...` as a user would; its process group is killed after."""
+    return command([sys.executable, "-m", "tasks", *args], timeout, env)
+
+
+def command(
+    argv: list[str], timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end, output captured; its process group is killed after."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tasks", *args],
+        argv,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

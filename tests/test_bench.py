@@ -7,7 +7,7 @@ from tests.helpers import python_m_tasks
 
 
 def test_bench_prints_figures_and_writes_json_and_a_chart(clean, tmp_path) -> None:
-    result = python_m_tasks("bench", "--events", "2000", "--out", str(tmp_path), timeout=600)
+    result = python_m_tasks("dev", "bench", "--events", "2000", "--out", str(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x the ceiling" in result.stdout
     figures = json.loads((tmp_path / "bench.json").read_text())

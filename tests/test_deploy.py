@@ -216,7 +216,7 @@ def test_the_dockerignore_keeps_development_files_out_of_the_build_context() -> 
 
 def test_compose_init_only_provisions_and_nothing_runs_development_commands() -> None:
     services = pipeline_services()
-    assert services["init"]["command"] == ["python", "-m", "tasks", "stack", "init"]
+    assert services["init"]["command"] == ["python", "-m", "tasks", "init"]
     development = ("seed", "bench", "stack up", "tasks run")
     for name, service in services.items():
         command = " ".join(service.get("command", []))
@@ -252,7 +252,7 @@ def test_the_readme_says_why_each_dependency_is_there() -> None:
 
 
 def provisioned_queues(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
-    """The attributes `stack init` sets on each queue, with SQS replaced by a recorder."""
+    """The attributes `init` sets on each queue, with SQS replaced by a recorder."""
     from tasks.ops import provision
 
     queues: dict[str, dict[str, str]] = {}
@@ -729,7 +729,7 @@ def test_privacy_doc_says_where_raw_pii_can_rest_who_can_read_it_and_how_long(mo
               "worker process memory", "logs", "Flower", "PostgreSQL", "`unmask` output", "bench and test")  # fmt: skip
     for where in places:
         row(where)
-    # The retention each row states is the one `stack init` sets.
+    # The retention each row states is the one `init` sets.
     days = {n: int(a["MessageRetentionPeriod"]) // 86400 for n, a in provisioned_queues(monkeypatch).items()}
     for where, queue in (("`login-queue` ", "login-queue"), ("`login-queue-dlq`", "login-queue-dlq"),
                          ("Celery's batch queue", "login-pipeline-batches"),

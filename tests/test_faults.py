@@ -1,6 +1,6 @@
 """Faults injected into real processes: after each, every event sent is one row or one
 dead letter with a reason, and the counts add up. Each run's figures go to
-FAULTS_RESULTS (default: the stack folder's faults.json); `python -m tasks faults
+FAULTS_RESULTS (default: the stack folder's faults.json); `python -m tasks dev faults
 --write-docs` runs this module and writes them into docs/reliability.md.
 """
 
@@ -64,7 +64,7 @@ def first_rows(db, at_least: int = 1) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def fault_results() -> Iterator[None]:
-    """Each fault's figures, for `python -m tasks faults --write-docs`; never a tracked file."""
+    """Each fault's figures, for `python -m tasks dev faults --write-docs`; never a tracked file."""
     yield
     if RESULTS:
         path = Path(os.environ.get("FAULTS_RESULTS") or config.STACK_DIR / "faults.json")
@@ -220,14 +220,14 @@ def test_a_batch_held_up_by_a_lock_is_retried_not_dead_lettered(db, database_url
 
 
 def test_run_drain_rides_out_a_database_and_an_sqs_outage(db, database_url) -> None:
-    """`python -m tasks run --drain` as a user runs it, through both outages: it says so
+    """`python -m tasks dev run --drain` as a user runs it, through both outages: it says so
     on its progress line, and finishes with every event accounted for."""
     messages, valid = events(3000, 9)
     proxy_port = free_port()
     outage = Outage(proxy_port, config.LOCALSTACK_PORT)
     env = {"LOCALSTACK_PORT": str(proxy_port), "SQS_ENDPOINT_URL": f"http://localhost:{proxy_port}"}
     log = config.STACK_DIR / "run-drain.log"
-    run = spawn([sys.executable, "-m", "tasks", "run", "--drain", "--timeout", "300"], log, env)
+    run = spawn([sys.executable, "-m", "tasks", "dev", "run", "--drain", "--timeout", "300"], log, env)
     try:
         send_with_ids(messages)
         first_rows(db, 250)
@@ -256,7 +256,7 @@ def test_randomized_soak_with_faults_combined(database_url) -> None:
     """Two workers and a separate beat under a steady feed, while workers are SIGKILLed
     and SIGTERMed, beat is killed, the database refuses connections and LocalStack is
     frozen, at moments drawn from a seed, some at once (tasks/dev/soak.py). 75 s here;
-    `python -m tasks faults --soak MINUTES --seed N` runs it longer (SOAK_SECONDS,
+    `python -m tasks dev faults --soak MINUTES --seed N` runs it longer (SOAK_SECONDS,
     SOAK_SEED and SOAK_VERDICT are how that command talks to this test)."""
     seconds = float(os.environ.get("SOAK_SECONDS") or soak.SHORT_SECONDS)
     seed_value = int(os.environ.get("SOAK_SEED") or soak.SHORT_SEED)

@@ -181,7 +181,7 @@ def test_unmask_takes_filters_not_sql_and_a_hostile_filter_writes_nothing(db) ->
     query = python_m_tasks(
         "unmask", "--field", "ip", "--reason", "x", "--query", "commit; delete from unmask_audit", env=siv
     )
-    assert query.returncode == 2 and "unrecognized arguments" in query.stderr
+    assert query.returncode == 2 and "No such option '--query'" in query.stderr
     hostile = "x'; commit; insert into unmask_audit (field, token, reason) values ('ip', 'forged', 'forged'); --"
     result = python_m_tasks("unmask", "--field", "ip", "--reason", "audit test", "--user-id", hostile, env=siv)
     assert result.returncode == 0, result.stderr
@@ -321,7 +321,11 @@ def test_the_worker_refuses_to_start_outside_the_embedded_stack_without_a_real_k
     assert "worker refused to start" in result.stdout + result.stderr
     why = {"copied-fingerprint-database": "DATABASE_URL", "copied-fingerprint-aws": "SQS_ENDPOINT_URL"}.get(keys, "")
     assert why in result.stderr, result.stderr[-2000:]
-    for command in (["unmask", "--field", "ip", "--reason", "x", "s1:AAAA"], ["rekey"], ["bench", "--events", "1"]):
+    for command in (
+        ["unmask", "--field", "ip", "--reason", "x", "s1:AAAA"],
+        ["rekey"],
+        ["dev", "bench", "--events", "1"],
+    ):
         refused = python_m_tasks(*command, env={**env, "MASKING_MODE": "siv"})
         assert refused.returncode == 2 and refused.stderr.startswith("refused:"), command
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -52,7 +52,7 @@ per thread (tasks/broker/control.py), so a Flower keeps one per executor thread;
 client of another app, whose names change per call, keeps those answered within
 REPLY_QUEUE_IDLE_SECONDS. Channels still open when the
 process exits are closed then. A process killed outright
-leaves its queues to `python -m tasks stack sweep`.
+leaves its queues to `python -m tasks sweep`.
 
 kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
 against the installed kombu): ``Channel._lookup``, ``Channel._put``,

@@ -181,11 +181,11 @@ class Services(Endpoints):
 
     def __enter__(self) -> Services:
         self.redis = subprocess.Popen(redis_command(self.redis_port), stdout=subprocess.DEVNULL, start_new_session=True)
-        subprocess.run([sys.executable, "-m", "tasks", "stack", "up"], env=self.env, check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "tasks", "dev", "stack", "up"], env=self.env, check=True, cwd=ROOT)
         return self
 
     def __exit__(self, *_: object) -> None:
-        subprocess.run([sys.executable, "-m", "tasks", "stack", "down"], env=self.env, check=False, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "tasks", "dev", "stack", "down"], env=self.env, check=False, cwd=ROOT)
         if self.redis:
             self.redis.terminate()
             self.redis.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""A probe run inside Celery's own integration suite (`python -m tasks conformance --probe`):
+"""A probe run inside Celery's own integration suite (`python -m tasks dev conformance --probe`):
 does a task reach the worker before an `inspect` broadcast sent right after it?
 
 Celery's ``test_inspect.py::test_scheduled`` publishes an ETA task and, on the next line,

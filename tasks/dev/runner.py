@@ -1,7 +1,12 @@
 """`run`: worker, beat and Flower as child processes, until Ctrl-C or drained.
 
 In drain mode it seeds events, runs until login-queue and Celery's batch queue stay
-empty, stops the processes with a warm shutdown and prints what happened.
+empty (or gives up after `timeout` seconds), stops the processes with a warm shutdown
+and prints what happened.
+
+Before anything starts, every port it would bind is checked (LocalStack's, Flower's).
+When a child exits while the run goes on, the others are stopped and the run fails
+with that child's name and its log's last lines (exit 4, tasks/ops/failures.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg2
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 import celeryconfig as config
 from tasks.dev import seed, stack
 from tasks.ops import status
+from tasks.ops.failures import ChildFailed, Exit, Failure, tail
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
 
@@ -40,10 +47,14 @@ def flower_command() -> list[str]:
     return [*CELERY, "flower", "--conf=flowerconfig.py"]
 
 
+def log_of(name: str) -> Path:
+    return config.STACK_DIR / "logs" / f"{name}.log"
+
+
 @contextmanager
 def processes(commands: dict[str, list[str]]) -> Iterator[dict[str, subprocess.Popen]]:
     """Start each command with its log in STACK_DIR/logs; warm-stop them all at the end."""
-    logs = config.STACK_DIR / "logs"
+    logs = log_of("any").parent
     logs.mkdir(parents=True, exist_ok=True)
     started: dict[str, subprocess.Popen] = {}
     try:
@@ -125,27 +136,50 @@ def progress() -> dict | None:
     return report
 
 
-class DrainTimeout(RuntimeError):
-    pass
+class DrainTimeout(Failure):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"not drained: login-queue or the batch queue still held messages after {timeout:g} s"
+            " (--timeout); see `python -m tasks status` and the logs in STACK_DIR/logs",
+            Exit.NEGATIVE,
+        )
 
 
-def wait_until_drained(timeout: float, poll: float = 1.0, settle: int = 2) -> None:
-    """Until login-queue and the batch queue were empty `settle` polls in a row."""
+def check_children(running: dict[str, subprocess.Popen]) -> None:
+    """Fail, naming the first child that exited, with its log's last lines."""
+    for name, process in running.items():
+        if process.poll() is not None:
+            raise ChildFailed(
+                f"{name} exited with status {process.returncode}; the others were stopped."
+                f" The last lines of {log_of(name)}:",
+                tail(log_of(name)),
+            )
+
+
+def wait_until_drained(
+    timeout: float, poll: float = 1.0, settle: int = 2, running: dict[str, subprocess.Popen] | None = None
+) -> None:
+    """Until login-queue and the batch queue were empty `settle` polls in a row; a child
+    of `running` that exits fails it."""
     quiet, deadline = 0, time.monotonic() + timeout
     while quiet < settle:
         if time.monotonic() > deadline:
-            raise DrainTimeout(f"queues not empty after {timeout:.0f} s; see `python -m tasks status` and the logs")
+            raise DrainTimeout(timeout)
         time.sleep(poll)
+        check_children(running or {})
         report = progress()
         quiet = quiet + 1 if report is not None and status.pipeline_idle(report) else 0
 
 
-def watch(running: dict[str, subprocess.Popen], poll: float = 5.0) -> None:
-    """Show progress until Ctrl-C or until a process exits."""
-    while not (ended := [n for n, p in running.items() if p.poll() is not None]):
-        time.sleep(poll)
-        progress()
-    stack.say(f"{', '.join(ended)} exited; see its log")
+def watch(running: dict[str, subprocess.Popen], every: float = 5.0) -> None:
+    """Show progress every few seconds until Ctrl-C; a process that exits fails the run."""
+    shown = time.monotonic()
+    while True:
+        check_children(running)
+        time.sleep(0.5)
+        if time.monotonic() - shown >= every:
+            progress()
+            shown = time.monotonic()
 
 
 def _stop_on_signals() -> None:
@@ -159,8 +193,16 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def check_ports(with_flower: bool) -> None:
+    """Every port the run will bind, before anything starts."""
+    stack.check_ports()
+    if with_flower:
+        stack.require_free("FLOWER_PORT", config.FLOWER_PORT, config.FLOWER_ADDRESS)
+
+
 def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, timeout: float = 900) -> int:
     _stop_on_signals()
+    check_ports(with_flower)
     stack.up()
     if seed_count:
         bodies = [body for body, _ in seed.generate(seed_count)]
@@ -177,14 +219,11 @@ def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, 
             stack.say(f"Flower: http://{config.FLOWER_ADDRESS}:{config.FLOWER_PORT} ({auth}, {mode})")
         try:
             if drain:
-                wait_until_drained(timeout)
+                wait_until_drained(timeout, running=running)
             else:
                 watch(running)
         except KeyboardInterrupt:
             stack.say("stopping")
-        except DrainTimeout as exc:
-            stack.say(str(exc))
-            return 1
     summary = summarise(before, collect_when_reachable()["database"], time.monotonic() - started)
     print(json.dumps(summary.__dict__) if as_json else summary)
     return 0

@@ -11,7 +11,7 @@ The checks: every event sent is exactly one row or one dead letter (with a reaso
 every valid event is a row, no raw ip or device_id is stored in any table, and every
 SIGTERMed worker exited, with status 0, within the shutdown bound.
 
-It runs where tests/conftest.py made a test stack: `python -m tasks faults --soak
+It runs where tests/conftest.py made a test stack: `python -m tasks dev faults --soak
 MINUTES --seed N` runs `tests/test_faults.py::test_randomized_soak` on a fresh one, and
 `make test` runs that test for 75 s on the session's stack.
 """
@@ -124,7 +124,7 @@ class Outcome:
         return found
 
     def verdict(self) -> str:
-        replay = f"python -m tasks faults --soak {self.seconds / 60:g} --seed {self.seed}"
+        replay = f"python -m tasks dev faults --soak {self.seconds / 60:g} --seed {self.seed}"
         if found := self.findings():
             return f"soak FAILED (seed {self.seed}, {self.seconds:.0f} s): " + "; ".join(found) + f" (replay: {replay})"
         c, slowest = self.counts, max((e.seconds for e in self.exits), default=0.0)
@@ -341,7 +341,7 @@ def found_in(raw: set[str], texts: Iterable[str]) -> set[str]:
     return found
 
 
-# --- `python -m tasks faults --soak MINUTES --seed N` --------------------------------------
+# --- `python -m tasks dev faults --soak MINUTES --seed N` --------------------------------------
 def run(minutes: float, seed: int) -> int:
     """Run the soak on a fresh test stack (pytest makes it and removes it), print its
     schedule and progress as it goes, and its verdict last. Exit 0 if it passed."""

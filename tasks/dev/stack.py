@@ -4,15 +4,21 @@
 already answers on LOCALSTACK_PORT, and PostgreSQL: the server named by DATABASE_URL
 if set, else a private server from the ``pgserver`` package in STACK_DIR/pgdata. Then
 it creates the queues, applies init.sql and makes a development masking key if no key
-is configured. `down` stops what `up` started. `init` does only the queues and the
-schema, against whatever the configuration points at (compose runs it).
+is configured. `down` stops what `up` started. (`python -m tasks init` does only the
+queues and the schema, against whatever the configuration points at.)
+
+A start is checked: LocalStack's port must be free (or held by a LocalStack that answers)
+before anything starts, and a failed start stops what it started, so that no process is
+left behind. The embedded PostgreSQL listens on a Unix socket in its folder, no TCP port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +30,7 @@ from types import ModuleType
 import celeryconfig as config
 from tasks.dev import localstack_venv
 from tasks.ops import provision
+from tasks.ops.failures import ChildFailed, PortTaken, tail
 from tasks.pipeline.keys import create_development_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,10 +62,34 @@ def localstack_ready() -> bool:
     return all(services.get(s) in ("available", "running") for s in ("sqs", "sns"))
 
 
-def start_localstack(timeout: float = 120) -> None:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether this machine could listen on `port` now (nothing listens or is bound there)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_free(variable: str, port: int, host: str = "127.0.0.1") -> None:
+    if not port_free(port, host):
+        raise PortTaken(variable, port)
+
+
+def check_ports() -> None:
+    """The ports `up` would bind: LocalStack's, unless a LocalStack already answers there."""
+    if not localstack_ready():
+        require_free("LOCALSTACK_PORT", config.LOCALSTACK_PORT)
+
+
+def start_localstack(timeout: float = 120) -> bool:
+    """Start LocalStack unless one answers already; True if this call started it."""
     if localstack_ready():
         say(f"LocalStack already answers on port {config.LOCALSTACK_PORT}")
-        return
+        return False
+    require_free("LOCALSTACK_PORT", config.LOCALSTACK_PORT)
     paths = _paths()
     python = localstack_venv.ensure(paths["venv"])
     env = {
@@ -86,9 +117,14 @@ def start_localstack(timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not localstack_ready():
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"LocalStack did not start; see {paths['log']}")
+            ended = "exited" if process.poll() is not None else f"did not answer within {timeout:.0f} s"
+            _stop_pid(paths["pid"], "LocalStack")
+            raise ChildFailed(
+                f"LocalStack {ended} on port {config.LOCALSTACK_PORT}; see {paths['log']}", tail(paths["log"])
+            )
         time.sleep(0.25)
     say(f"LocalStack up on port {config.LOCALSTACK_PORT} (log: {paths['log']})")
+    return True
 
 
 def _stop_pid(pid_file: Path, name: str) -> None:
@@ -153,12 +189,23 @@ def ensure_key() -> None:
 
 
 def up() -> None:
+    """Start the stack; a failure stops what this call started, and is raised."""
     config.STACK_DIR.mkdir(parents=True, exist_ok=True)
-    start_localstack()
-    start_postgres()
-    provision.init()
-    say("queues and schema ready")
-    ensure_key()
+    check_ports()
+    postgres_was_up = config.DATABASE_URL or (_paths()["pgdata"] / "postmaster.pid").exists()
+    started_localstack = start_localstack()
+    try:
+        start_postgres()
+        provision.init()
+        say("queues and schema ready")
+        ensure_key()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first failure is the one to tell
+            if not postgres_was_up:
+                stop_postgres()
+        if started_localstack:
+            _stop_pid(_paths()["pid"], "LocalStack")
+        raise
 
 
 def down() -> None:

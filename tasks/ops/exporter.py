@@ -94,7 +94,8 @@ def server(address: str, port: int, auth: str) -> ThreadingHTTPServer:
 
 
 def serve(address: str, port: int) -> int:
-    """Serve until interrupted; a refusal or a port in use is one line and exit status 2."""
+    """Serve until interrupted; a refusal is one line and exit status 2, a port in use 3
+    (the command line's codes, tasks/ops/failures.py)."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
     logs.use_configured_format()
     try:
@@ -104,7 +105,7 @@ def serve(address: str, port: int) -> int:
         return 2
     except OSError as exc:
         print(f"metrics could not listen on {address}:{port}: {exc.strerror}; choose another --port", file=sys.stderr)
-        return 2
+        return 3
     host, bound = httpd.server_address[:2]
     log.info("serving the pipeline's metrics on http://%s:%s/metrics", host, bound)
     try:

@@ -1,6 +1,8 @@
-"""README's generated parts: the configuration table, made from the declarations of
-celeryconfig.Settings, and the metrics table, made from tasks/ops/metrics.py's specs
-(`python -m tasks config --write-readme`, `make docs`), so neither can drift."""
+"""README's generated parts, between their markers: the configuration table, made from
+the declarations of celeryconfig.Settings, the metrics table, made from
+tasks/ops/metrics.py's specs (both `python -m tasks config --write-readme`), and the
+commands table, made from the command line (tasks/cli/readme.py); `make docs` writes
+them all, and tests hold README equal to them, so they cannot drift."""
 
 from __future__ import annotations
 
@@ -31,12 +33,22 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def section(text: str, begin: str, end: str) -> str:
+    """What stands between the markers `begin` and `end` in `text`."""
+    _, found, rest = text.partition(begin)
+    if not found or end not in rest:
+        raise SystemExit(f"README has no {begin} ... {end} markers")
+    return rest.partition(end)[0].strip("\n")
+
+
 def _replace(text: str, begin: str, end: str, block: str) -> str:
-    head, found, rest = text.partition(begin)
-    if not found:
-        raise SystemExit(f"README has no {begin} marker")
-    tail = rest.partition(end)[2]
-    return f"{head}{begin}\n{block}\n{end}{tail}"
+    section(text, begin, end)  # the markers are there
+    head, _, rest = text.partition(begin)
+    return f"{head}{begin}\n{block}\n{end}{rest.partition(end)[2]}"
+
+
+def write_section(body: str, begin: str, end: str, readme: Path = README) -> None:
+    readme.write_text(_replace(readme.read_text(), begin, end, body))
 
 
 def write_settings_table(readme: Path = README) -> None:

@@ -45,13 +45,17 @@ MOVED_BY_SQS = "(no reason: moved by SQS after max receives)"
 class RedriveReport:
     source: str
     target: str
-    moved: int = 0
+    dry_run: bool = False
+    moved: int = 0  # in a dry run: would move
     kept: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"moved {self.moved} messages from {self.source} to {self.target}, kept {self.kept} (body withheld)"]
+        move, keep = ("would move", "keep") if self.dry_run else ("moved", "kept")
+        lines = [
+            f"{move} {self.moved} messages from {self.source} to {self.target}, {keep} {self.kept} (body withheld)"
+        ]
         lines += [f"  {count:>6}  {reason}" for reason, count in self.reasons.most_common()]
         lines += [f"not moved: {problem}" for problem in self.problems]
         return "\n".join(lines)
@@ -96,7 +100,7 @@ def redrive(keys: KeyRing, limit: int | None = None, dry_run: bool = False) -> R
     """Replay record dead letters into login-queue."""
     sqs = aws.client("sqs")
     dlq, source = aws.queue_url(config.DEAD_LETTER_QUEUE), aws.queue_url(config.SOURCE_QUEUE)
-    report, looked_at = RedriveReport(config.DEAD_LETTER_QUEUE, config.SOURCE_QUEUE), []
+    report, looked_at = RedriveReport(config.DEAD_LETTER_QUEUE, config.SOURCE_QUEUE, dry_run), []
     conn = store.connect(config.database_url())
     try:
         for messages in _received(sqs, dlq, limit, 60 if dry_run else 30):
@@ -105,6 +109,7 @@ def redrive(keys: KeyRing, limit: int | None = None, dry_run: bool = False) -> R
             report.kept += len(messages) - len(replayable)
             if dry_run:
                 looked_at += messages
+                report.moved += len(replayable)
             elif replayable:
                 report.moved += _move(sqs, conn, keys, source, dlq, _originals(replayable, keys, report), report)
     finally:
@@ -168,12 +173,13 @@ def redrive_batches(limit: int | None = None, dry_run: bool = False) -> RedriveR
     sqs, prefix = aws.client("sqs"), config.CELERY_QUEUE_PREFIX
     names = (f"{prefix}{config.BATCH_QUEUE}-dlq", f"{prefix}{config.BATCH_QUEUE}")
     dlq, target = aws.queue_url(names[0]), aws.queue_url(names[1])
-    report, looked_at = RedriveReport(*names), []
+    report, looked_at = RedriveReport(*names, dry_run), []
     try:
         for messages in _received(sqs, dlq, limit, 60 if dry_run else 30):
             report.reasons[MOVED_BY_SQS] += len(messages)
             if dry_run:
                 looked_at += messages
+                report.moved += len(messages)
                 continue
             entries = [{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)]
             report.moved += _delete_sent(sqs, dlq, messages, sqs.send_message_batch(QueueUrl=target, Entries=entries))

@@ -1,12 +1,23 @@
-"""Where the events are: queue depths, rows written and the ledger's totals."""
+"""Where the events are: queue depths, rows written and the ledger's totals.
+
+`collect` raises on the first service it cannot reach (the runner rides that out);
+`survey`, for the `status` command, reports what it can reach and names the rest
+unreachable, each with its one-line reason (tasks/ops/failures.py).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
 
 import celeryconfig as config
 from tasks.broker import aws
+from tasks.ops.failures import describe
 from tasks.pipeline import store
+
+T = TypeVar("T")
 
 TASK_QUEUES = (config.FETCH_QUEUE, config.BATCH_QUEUE, f"{config.BATCH_QUEUE}-dlq")
 
@@ -16,28 +27,72 @@ def queue_names() -> list[str]:
     return [config.SOURCE_QUEUE, config.DEAD_LETTER_QUEUE, *(config.CELERY_QUEUE_PREFIX + q for q in TASK_QUEUES)]
 
 
-def collect() -> dict[str, Any]:
-    queues = {name: aws.queue_depth(name) for name in (config.SOURCE_QUEUE, config.DEAD_LETTER_QUEUE)}
-    for name in TASK_QUEUES:
-        queues[f"celery:{name}"] = aws.queue_depth(config.CELERY_QUEUE_PREFIX + name)
+def _queues() -> dict[str, str]:
+    """Each queue's name in the report, and its SQS name."""
+    names = {name: name for name in (config.SOURCE_QUEUE, config.DEAD_LETTER_QUEUE)}
+    return names | {f"celery:{name}": config.CELERY_QUEUE_PREFIX + name for name in TASK_QUEUES}
+
+
+def _totals() -> dict[str, int]:
     conn = store.connect(config.database_url())
     try:
-        totals = store.totals(conn)
+        return store.totals(conn)
     finally:
         conn.close()
-    return {"queues": queues, "database": totals}
+
+
+def collect() -> dict[str, Any]:
+    queues = {shown: aws.queue_depth(name) for shown, name in _queues().items()}
+    return {"queues": queues, "database": _totals()}
+
+
+def _reached(read: Callable[[], T]) -> T | dict[str, str]:
+    try:
+        return read()
+    except Exception as exc:  # every failure becomes its one-line reason
+        return {"unreachable": describe(exc).line}
+
+
+def survey() -> dict[str, Any]:
+    """Like `collect`, but a part it cannot reach is {"unreachable": reason}. Once SQS
+    itself did not answer, the remaining queues are not asked (each would wait as long)."""
+    queues: dict[str, Any] = {}
+    down: str | None = None
+    for shown, name in _queues().items():
+        if down:
+            queues[shown] = {"unreachable": down}
+            continue
+        try:
+            queues[shown] = aws.queue_depth(name)
+        except ClientError as exc:  # SQS answered: this queue alone
+            queues[shown] = {"unreachable": describe(exc).line}
+        except Exception as exc:
+            queues[shown] = {"unreachable": describe(exc).line}
+            down = "SQS, as above"
+    return {"queues": queues, "database": _reached(_totals)}
+
+
+def unreachable(report: dict[str, Any]) -> bool:
+    parts = [*report["queues"].values(), report["database"]]
+    return any("unreachable" in part for part in parts)
 
 
 def render(report: dict[str, Any]) -> str:
     lines = [f"{'queue':<32}{'visible':>10}{'in flight':>11}"]
     for name, depth in report["queues"].items():
-        lines.append(f"{name:<32}{depth['visible']:>10}{depth['in_flight']:>11}")
+        if "unreachable" in depth:
+            lines.append(f"{name:<32}  unreachable: {depth['unreachable']}")
+        else:
+            lines.append(f"{name:<32}{depth['visible']:>10}{depth['in_flight']:>11}")
     db = report["database"]
     lines.append("")
-    lines.append(
-        f"user_logins rows: {db['rows']}   dead letters: {db['dead_letters']}   "
-        f"duplicate deliveries skipped: {db['duplicates']}   batches: {db['batches']}"
-    )
+    if "unreachable" in db:
+        lines.append(f"database unreachable: {db['unreachable']}")
+    else:
+        lines.append(
+            f"user_logins rows: {db['rows']}   dead letters: {db['dead_letters']}   "
+            f"duplicate deliveries skipped: {db['duplicates']}   batches: {db['batches']}"
+        )
     return "\n".join(lines)
 
 

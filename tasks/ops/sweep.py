@@ -1,4 +1,4 @@
-"""`stack sweep`: remove what killed Flower, `inspect` or event processes left on SQS/SNS.
+"""`sweep`: remove what killed Flower, `inspect` or event processes left on SQS/SNS.
 
 Processes that exit normally delete their own queues, and a worker's late reply to a
 client that has gone creates none (tasks/broker/transport.py, point 3). One killed

@@ -1,12 +1,12 @@
 """README and docs name only commands and options that `python -m tasks` has.
 
 Every `python -m tasks <command> …` in a code span or a code block must name a
-subcommand of the CLI, only that subcommand's --options, and, for a command with fixed
-actions (`stack up`), one of them. A code span that begins with a subcommand
-(`redrive --batches`) is held to the same, and any other --option in a code span must be
-an option of some subcommand, or another tool's (FOREIGN_OPTIONS): so `unmask --query`,
-or a bare `--query` beside an unmask example, fails. The CLI's words come from
-`tasks.ops.cli.commands()`; point COMMANDS elsewhere if the CLI moves.
+command of the CLI (a group's command: `dev stack up`), and only that command's
+--options. A code span that begins with a command (`redrive --batches`, `dev run`) is
+held to the same, and any other --option in a code span must be an option of some
+command, or another tool's (FOREIGN_OPTIONS): so `unmask --query`, or a bare `--query`
+beside an unmask example, fails. The CLI's words come from the click tree,
+`tasks.cli.readme.commands()`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ops.cli import CommandWords, commands
+from tasks.cli.readme import CommandWords, commands
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -28,8 +28,11 @@ FOREIGN_OPTIONS = {
     "--strict": "pip-audit",
     "--loglevel": "celery worker",
 }
+ROOT_OPTIONS = {"--debug", "--version", "--help"}
 # Spans that are another program's command line: their options are that program's.
-FOREIGN_COMMANDS = re.compile(r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make|kubectl|promtool|prometheus|aws|psql)\b")
+FOREIGN_COMMANDS = re.compile(
+    r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make|kubectl|promtool|prometheus|aws|psql)\b"
+)
 INVOCATION = re.compile(r"python -m tasks\b(.*)")
 
 
@@ -58,7 +61,7 @@ def problems_in(text: str) -> list[str]:
     elif (tokens := words(text)) and tokens[0] in COMMANDS:
         found += _invocation(tokens, text)
     elif not FOREIGN_COMMANDS.search(text):
-        known = set().union(*(c.options for c in COMMANDS.values())) | set(FOREIGN_OPTIONS)
+        known = set().union(*(c.options for c in COMMANDS.values())) | set(FOREIGN_OPTIONS) | ROOT_OPTIONS
         unknown = [w for w in words(text) if _option(w) and w not in known]
         found += [f"{w!r} is no option of any command, in `{text}`" for w in unknown]
     return found
@@ -69,14 +72,17 @@ def _option(word: str) -> bool:
 
 
 def _invocation(tokens: list[str], text: str) -> list[str]:
-    if not tokens or tokens[0] not in COMMANDS:
-        return [f"no command {tokens[:1]} in `{text}`"]
-    command, rest = COMMANDS[tokens[0]], tokens[1:]
-    found = [f"{w!r} is no option of {tokens[0]}, in `{text}`" for w in rest if _option(w) and w not in command.options]
-    positional = [w for w in rest if w and not w.startswith("-")]
-    if command.choices and positional and positional[0] not in command.choices:
-        found.append(f"{positional[0]!r} is no action of {tokens[0]}, in `{text}`")
-    return found
+    depth = next((n for n in range(len(tokens), 0, -1) if " ".join(tokens[:n]) in COMMANDS), 0)
+    while depth < len(tokens) and tokens[depth] in ROOT_OPTIONS:  # `python -m tasks --debug init`
+        tokens = tokens[:depth] + tokens[depth + 1 :]
+        depth = next((n for n in range(len(tokens), 0, -1) if " ".join(tokens[:n]) in COMMANDS), 0)
+    if not depth:
+        return [] if tokens in ([], ["--help"], ["--version"]) else [f"no command {tokens[:1]} in `{text}`"]
+    name, rest = " ".join(tokens[:depth]), tokens[depth:]
+    command = COMMANDS[name]
+    if command.choices:  # a group: the longest match took any of its commands already
+        return [] if not rest or rest[0] == "--help" else [f"{rest[0]!r} is no command of {name}, in `{text}`"]
+    return [f"{w!r} is no option of {name}, in `{text}`" for w in rest if _option(w) and w not in command.options]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
@@ -91,9 +97,12 @@ def test_the_docs_name_only_commands_and_options_the_cli_has(doc: Path) -> None:
         "python -m tasks unmask --field ip --reason r --query x",
         "python -m tasks purge",
         "python -m tasks stack restart",
+        "python -m tasks stack up",
+        "python -m tasks dev stack restart",
+        "python -m tasks bench --events 10",
         "redrive --all",
         "--query",
-        ".venv/bin/python -m tasks bench --events 10 --output x",
+        ".venv/bin/python -m tasks dev bench --events 10 --output x",
     ],
 )
 def test_the_check_catches_what_the_cli_does_not_have(text: str) -> None:
@@ -103,7 +112,12 @@ def test_the_check_catches_what_the_cli_does_not_have(text: str) -> None:
 def test_the_check_passes_what_the_cli_has() -> None:
     for text in [
         'python -m tasks unmask --field ip --reason "…" TOKEN…',
-        "python -m tasks stack sweep",
+        "python -m tasks sweep",
+        "python -m tasks dev stack up",
+        "python -m tasks dev run --drain --seed N [--json]",
+        "python -m tasks --debug init",
+        "python -m tasks dev --help",
+        "dev run --timeout 5",
         "python -m tasks redrive [--dry-run] [--limit N]",
         "redrive --batches",
         "--user-id U --since D --until D",

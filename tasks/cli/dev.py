@@ -1,0 +1,180 @@
+"""`python -m tasks dev`: the developer's commands (tasks/dev), which the production image
+does not carry: the embedded stack, seed data, run, bench, faults, conformance, docs.
+
+Each imports tasks.dev only when it runs; where tasks/dev is missing, the command says
+so in one line (exit 2) instead of failing on import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tasks.ops.failures import ChildFailed
+
+SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+@click.group()
+def dev() -> None:
+    """Development commands: embedded stack, seed data, run, bench, faults (not in the image)."""
+
+
+@dev.group()
+def stack() -> None:
+    """The embedded stack: LocalStack and PostgreSQL as host processes, no Docker."""
+
+
+@stack.command()
+def up() -> None:
+    """Start LocalStack (own venv) and PostgreSQL (DATABASE_URL, else a private pgserver in
+    STACK_DIR/pgdata); create the queues and the schema; make a development masking key in
+    STACK_DIR/masking.keys on first start.
+
+    LocalStack's port is checked first; a failed start stops what it started.
+    """
+    from tasks.dev import stack as embedded
+
+    embedded.up()
+
+
+@stack.command()
+def down() -> None:
+    """Stop the LocalStack and PostgreSQL that `up` started."""
+    from tasks.dev import stack as embedded
+
+    embedded.down()
+
+
+@dev.command()
+@click.option(
+    "--count", type=click.IntRange(min=1), metavar="N", help="Send N realistic events (anomalies included) instead."
+)
+def seed(count: int | None) -> None:
+    """Send the exercise's 100 events to login-queue, or N realistic ones."""
+    import celeryconfig as config
+    from tasks.dev import seed as data
+
+    bodies = data.sample_bodies() if count is None else [body for body, _ in data.generate(count)]
+    click.echo(f"sent {data.send(config.SOURCE_QUEUE, bodies)} events to {config.SOURCE_QUEUE}")
+
+
+@dev.command()
+@click.option("--drain", is_flag=True, help="Stop once login-queue and the batch queue are empty; print a summary.")
+@click.option("--seed", "seed_count", type=click.IntRange(min=0), default=0, metavar="N", help="Seed N events first.")
+@click.option("--flower", is_flag=True, help="Also run Flower in drain mode (it always runs otherwise).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="With --drain: give up after this long (exit 1).  [default: 900]",
+)
+def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: float | None) -> int:
+    """Worker, beat and Flower on the embedded stack, with progress, until Ctrl-C; with
+    --drain, until login-queue and the batch queue are empty, then a summary.
+
+    Stack up first if needed; every port is checked before anything starts. If a process
+    exits, the others are stopped and its last log lines shown (exit 4). It rides out a
+    database or SQS outage as the workers do, and says so on its progress line.
+    """
+    if timeout is not None and not drain:
+        raise click.UsageError("--timeout needs --drain (a run without it goes on until Ctrl-C)")
+    from tasks.dev import runner
+
+    return runner.run(
+        drain=drain,
+        seed_count=seed_count,
+        with_flower=not drain or flower,
+        as_json=as_json,
+        timeout=900 if timeout is None else timeout,
+    )
+
+
+@dev.command()
+@click.option(
+    "--events", type=click.IntRange(min=1), default=100_000, show_default=True, metavar="N", help="Events to send."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    default=Path("bench-results"),
+    show_default=True,
+    help="Folder for bench.json and throughput.png.",
+)
+def bench(events: int, out: Path) -> None:
+    """Throughput against the single-client ceiling, time per stage, memory (docs/performance.md)."""
+    from tasks.cli.operator import _key_ring
+    from tasks.dev import bench as measure
+
+    _key_ring()
+    click.echo(measure.report(measure.bench(events, out), out))
+
+
+def _passed(outcome: int, what: str) -> None:
+    if outcome:
+        raise ChildFailed(f"{what} failed (pytest exit status {outcome}); see its output above")
+
+
+@dev.command()
+@click.option("--write-docs", is_flag=True, help="Write the table into docs/reliability.md (only if all pass).")
+@click.option(
+    "--soak",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MINUTES",
+    help="Instead: the randomized soak, faults combined, for MINUTES (docs/reliability.md).",
+)
+@click.option(
+    "--seed", type=int, default=1, show_default=True, help="The soak's seed: the same seed, the same fault schedule."
+)
+def faults(write_docs: bool, soak: float | None, seed: int) -> None:
+    """Run the fault scenarios (tests/test_faults.py) on a fresh test stack; print their table."""
+    if soak is not None:
+        from tasks.dev import soak as soaking
+
+        _passed(soaking.run(soak, seed), "the soak")
+        return
+    from tasks.dev import faults as scenarios
+
+    _passed(scenarios.run(write=write_docs), "a fault scenario")
+
+
+@dev.command()
+@click.option("--per-file-only", is_flag=True, help="Skip the one-session-per-test runs.")
+@click.option("--only", metavar="TEXT", help="Only the targets whose path contains TEXT.")
+@click.option("--write-docs", is_flag=True, help="Write the table into docs/transport.md.")
+@click.option("--fresh", is_flag=True, help="Forget the sessions measured before (they resume otherwise).")
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Run the one test --only names (path::class::test) N times; print its pass count.",
+)
+@click.option(
+    "--probe", type=click.IntRange(min=1), metavar="N", help="Time an ETA task and the inspect sent after it, N times."
+)
+def conformance(
+    per_file_only: bool, only: str | None, write_docs: bool, fresh: bool, repeat: int | None, probe: int | None
+) -> None:
+    """Celery's and kombu's own SQS integration suites, stock kombu against this transport."""
+    from tasks.dev import conformance as suites
+
+    if probe:
+        _passed(suites.probe(probe), "the probe")
+    elif repeat:
+        if not only:
+            raise click.UsageError("--repeat needs --only path::class::test (the test to repeat)")
+        _passed(suites.repeat(only, repeat), "the repeated test")
+    else:
+        _passed(suites.run(per_test=not per_file_only, only=only, write=write_docs, fresh=fresh), "conformance")
+
+
+@dev.command()
+def docs() -> None:
+    """Regenerate README's tables made from the code: settings and commands."""
+    from tasks.cli import readme
+
+    readme.write()
+    click.echo(f"wrote {readme.README.name}")
