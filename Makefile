@@ -19,7 +19,7 @@ PROMTOOL := /usr/bin/promtool
 
 # LocalStack's venv (tasks/dev/localstack_venv.py, standard library only) is installed
 # beside the project's: a fresh clone waits for the two installs once, not one after the other.
-# A later change to its pins is installed by `stack up` (the same installer), not here.
+# A later change to its pins is installed by `dev stack up` (the same installer), not here.
 LOCALSTACK_VENV ?= $(or $(STACK_DIR),.stack)/localstack-venv
 
 # The runtime and pgserver at the development lock's versions (it pins the runtime as

@@ -11,9 +11,10 @@ production. README's configuration table is made from these declarations
 (tasks/ops/readme.py, `make docs`) and a test holds the two equal; `python -m tasks
 config` prints the values in effect (tasks/ops/settings_report.py).
 
-A value outside its range stops every start that imports this module (`python -m tasks
-...`, `celery -A tasks worker|beat|flower`, even `--help`) with one line on stderr that
-names the variable and what it accepts, and exit status 2 (`ConfigurationError`).
+A value outside its range stops every start that imports this module (a `python -m tasks`
+command, `celery -A tasks worker|beat|flower`, Celery's even for `--help`) with one line
+on stderr that names the variable and what it accepts, and exit status 2
+(`ConfigurationError`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ BAD_VALUES = [
     ("LOCALSTACK_PORT", "0", PORTS),
     ("FLOWER_PORT", "70000", PORTS),
 ]
+# `python -m tasks --help` still helps (the settings load when a command runs: tests/test_cli.py).
 ENTRY_POINTS = {
-    "python -m tasks --help": ["-m", "tasks", "--help"],
     "python -m tasks config": ["-m", "tasks", "config"],
     "celery worker --help": ["-m", "celery", "-A", "tasks", "worker", "--help"],
     "celery beat --help": ["-m", "celery", "-A", "tasks", "beat", "--help"],

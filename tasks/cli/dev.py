@@ -11,9 +11,8 @@ from pathlib import Path
 
 import click
 
-from tasks.ops.failures import ChildFailed
-
-SECONDS = click.FloatRange(min=0, min_open=True)
+from tasks.cli.common import SECONDS, key_ring
+from tasks.ops.failures import ChildFailed, Exit
 
 
 @click.group()
@@ -106,10 +105,9 @@ def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: floa
 )
 def bench(events: int, out: Path) -> None:
     """Throughput against the single-client ceiling, time per stage, memory (docs/performance.md)."""
-    from tasks.cli.operator import _key_ring
     from tasks.dev import bench as measure
 
-    _key_ring()
+    key_ring()
     click.echo(measure.report(measure.bench(events, out), out))
 
 
@@ -134,7 +132,8 @@ def faults(write_docs: bool, soak: float | None, seed: int) -> None:
     if soak is not None:
         from tasks.dev import soak as soaking
 
-        _passed(soaking.run(soak, seed), "the soak")
+        if soaking.run(soak, seed):  # its verdict line says why
+            raise click.exceptions.Exit(Exit.NEGATIVE)
         return
     from tasks.dev import faults as scenarios
 
@@ -173,7 +172,7 @@ def conformance(
 
 @dev.command()
 def docs() -> None:
-    """Regenerate README's tables made from the code: settings and commands."""
+    """Regenerate README's tables made from the code: settings, metrics and commands."""
     from tasks.cli import readme
 
     readme.write()

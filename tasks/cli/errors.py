@@ -11,7 +11,6 @@ tasks/ops/failures.py and README.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
@@ -23,14 +22,11 @@ INTERRUPTED = 130  # the shell's own code for Ctrl-C
 
 
 def _debug_by_environment() -> bool:
-    """LOG_LEVEL=DEBUG (celeryconfig), read from the environment when the configuration
-    itself could not load."""
-    try:
-        import celeryconfig
+    """LOG_LEVEL=DEBUG (celeryconfig). A configuration that cannot load has said its one
+    line already (ConfigurationError) and ends the command before this is asked."""
+    import celeryconfig
 
-        return str(celeryconfig.LOG_LEVEL).upper() == "DEBUG"
-    except Exception:
-        return os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+    return celeryconfig.LOG_LEVEL == "DEBUG"
 
 
 def _say(line: str) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 
 import click
 
+from tasks.cli.common import SECONDS, key_ring, refused
 from tasks.cli.dev import dev
 from tasks.cli.errors import Translating
-from tasks.ops.failures import Exit, Failure
+from tasks.ops.failures import Exit
 
 PACKAGE = "login-pipeline"
-SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 @click.group(
@@ -36,11 +36,6 @@ def root(debug: bool) -> None:
     configuration, 3 a service unreachable or a port taken, 4 a child process failed,
     5 an unforeseen error. The same commands run as `celery -A tasks pipeline ...`.
     """
-
-
-def refused(exc: Exception) -> Failure:
-    """A refusal of the command's own (no key, wrong mode, a bad token): exit 2."""
-    return Failure(f"refused: {exc}", Exit.USAGE)
 
 
 @root.command()
@@ -107,16 +102,6 @@ def metrics(address: str | None, port: int | None) -> None:
         raise click.exceptions.Exit(outcome)
 
 
-def _key_ring() -> Any:
-    from tasks.pipeline.keys import MaskingKeyError
-    from tasks.pipeline.service import load_key_ring_checked
-
-    try:
-        return load_key_ring_checked()
-    except MaskingKeyError as exc:
-        raise refused(exc) from exc
-
-
 @root.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would move and what would stay, by reason.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Move at most N messages.")
@@ -133,7 +118,7 @@ def redrive(dry_run: bool, limit: int | None, batches: bool) -> None:
     if batches:
         click.echo(str(redrive_batches(limit=limit, dry_run=dry_run)))
     else:
-        click.echo(str(replay(_key_ring(), limit=limit, dry_run=dry_run)))
+        click.echo(str(replay(key_ring(), limit=limit, dry_run=dry_run)))
 
 
 def _recovery(work: Callable[[Any, Any], list[str]]) -> None:

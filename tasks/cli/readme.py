@@ -93,6 +93,6 @@ def generated() -> str:
 
 
 def write() -> None:
-    """Both generated parts of README: the settings and the commands."""
+    """Every generated part of README: the settings, the metrics and the commands."""
     readme.write_settings_table(README)
     readme.write_section(generated(), BEGIN, END, README)

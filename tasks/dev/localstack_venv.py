@@ -2,7 +2,7 @@
 
 Standard library only: `make` runs this file with the system Python while pip fills the
 project's venv, so a fresh clone pays for the two installs once, not one after the
-other. `stack up` calls `ensure` too, and installs only what is missing or out of date.
+other. `dev stack up` calls `ensure` too, and installs only what is missing or out of date.
 Two first runs at once (`make demo` beside `make test`) install one after the other:
 pip into one venv from two processes breaks it.
 

@@ -1,2 +1,2 @@
-"""The operator's side: the command line, provisioning, status, redrive, recovery, sweep,
+"""The operator's side: provisioning, status, redrive, recovery, sweep,
 the liveness probe, metrics and Flower on SQS. Ships in the image."""

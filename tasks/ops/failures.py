@@ -146,11 +146,6 @@ def _aws(exc: BaseException) -> Described:
     return Described(f"SQS/SNS at {where}: {type(exc).__name__}", Exit.UNREACHABLE)
 
 
-def _from_configuration(exc: BaseException) -> bool:
-    """Raised while celeryconfig read the environment."""
-    return any(Path(frame.filename).name == "celeryconfig.py" for frame in traceback.extract_tb(exc.__traceback__))
-
-
 def _place(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
@@ -179,9 +174,6 @@ def describe(exc: BaseException) -> Described:
         if name.startswith("tasks.dev"):
             return Described("a development command (tasks/dev); this install does not carry it", Exit.USAGE)
         return Described(f"module {name} is not installed: pip install -r requirements-dev.txt", Exit.USAGE)
-    if isinstance(exc, ValueError) and _from_configuration(exc):
-        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        return Described(f"configuration: {text}", Exit.USAGE)
     return Described(
         f"unforeseen error: {type(exc).__name__} at {_place(exc)}; run with --debug for the traceback", Exit.BUG
     )

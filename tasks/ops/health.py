@@ -65,7 +65,3 @@ def check(process: str, max_age: float, now: float | None = None) -> Health:
     if age < max_age:
         return Health(True, f"{process} alive: {seen}")
     return Health(False, f"{process} not alive: {seen}; look at its log, or restart it")
-
-
-def alive(max_age: float) -> bool:
-    return check("worker", max_age).alive

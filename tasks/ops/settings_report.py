@@ -5,7 +5,7 @@ with its password replaced."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import SecretStr
 
@@ -22,12 +22,17 @@ class SettingInEffect:
 
 
 def without_password(url: str) -> str:
-    """The URL with its password (and nothing else) replaced by HIDDEN's stars."""
+    """The URL with its passwords (and nothing else) replaced by stars: the one after the
+    user name, and libpq's `password=` parameter in the query."""
     parts = urlsplit(url)
     user, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in user:
+    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*")
+    if netloc == parts.netloc and not any(k.lower() == "password" for k, _ in pairs):
         return url
-    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+    # By hand: urlunsplit drops the empty host of libpq's socket URLs (postgresql:///db?host=…).
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def shown(value: object) -> str:

@@ -6,7 +6,7 @@ MASKING_KEYS ("1:<base64>,2:<base64>") or from MASKING_KEYS_FILE (one "version:b
 a line, as a Docker or Kubernetes secret mounts it). A ring that names a version twice
 is refused. Key bytes are never logged or put in a task's arguments.
 
-The development key that `stack up` makes is known by its bytes (they begin with
+The development key that `dev stack up` makes is known by its bytes (they begin with
 DEVELOPMENT_PREFIX), wherever it is copied, and the stack keeps its fingerprint beside
 itself (STACK_DIR/development-key.sha256). Everything that masks or unmasks refuses a
 development key unless (``refuse_development_key``) that file, in the configured

@@ -64,3 +64,9 @@ def test_a_url_loses_its_password_and_nothing_else() -> None:
     )
     assert without_password("postgresql://db/x") == "postgresql://db/x"
     assert without_password("sqs://") == "sqs://"
+    # libpq's socket URLs: the password in the query, the host empty
+    assert (
+        without_password("postgresql://u@/x?host=/run/pg&password=s3cret")
+        == "postgresql://u@/x?host=/run/pg&password=***"
+    )
+    assert without_password("postgresql:///x?host=/run/pg") == "postgresql:///x?host=/run/pg"
