@@ -26,7 +26,17 @@ import celeryconfig as config
 from tasks.broker import aws
 from tasks.dev import seed
 from tasks.pipeline import store
-from tests.helpers import command, dead_letters, free_port, kill_group, python_m_tasks, send_with_ids, spawn, wait_until
+from tests.helpers import (
+    command,
+    dead_letters,
+    flower_request,
+    free_port,
+    kill_group,
+    python_m_tasks,
+    send_with_ids,
+    spawn,
+    wait_until,
+)
 from tests.unit.test_commands import every_command
 
 KEY = "1:" + "A" * 43 + "="
@@ -264,6 +274,13 @@ def marked(marker: str) -> list[int]:
     return found
 
 
+def flower_serves(port: int) -> bool:
+    try:
+        return flower_request(port, "/healthcheck")[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
 def flower_of_the_run(marker: str) -> int | None:
     """The pid of the Flower that the run marked with `marker` started, once it is up."""
     for pid in marked(marker):
@@ -277,14 +294,13 @@ def flower_of_the_run(marker: str) -> int | None:
 def test_run_stops_the_others_when_a_child_exits_and_shows_its_log(tmp_path) -> None:
     """Flower dies under a running `dev run`: the run stops worker and beat, shows
     Flower's last log lines and exits 4."""
-    marker = uuid.uuid4().hex
+    marker, port = uuid.uuid4().hex, free_port()
     log = tmp_path / "run.log"
-    run = spawn(
-        [sys.executable, "-m", "tasks", "dev", "run"], log, {"FLOWER_PORT": str(free_port()), "RUN_MARKER": marker}
-    )
+    run = spawn([sys.executable, "-m", "tasks", "dev", "run"], log, {"FLOWER_PORT": str(port), "RUN_MARKER": marker})
     try:
         flower = wait_until(lambda: flower_of_the_run(marker), timeout=60, what="the run's Flower")
-        wait_until(lambda: "Flower: http://" in log.read_text(), timeout=60, what="the run to be up")
+        # Serving, so that it has logged (killed before its first line, its log was empty)
+        wait_until(lambda: flower_serves(port), timeout=60, what="the run's Flower to serve")
         os.kill(flower, signal.SIGKILL)
         assert run.wait(timeout=120) == 4, log.read_text()[-3000:]
     finally:
