@@ -99,15 +99,14 @@ def test_late_replies_to_clients_that_gave_up_leave_no_queue(test_stack) -> None
 
 def test_a_reply_with_no_local_binding_reaches_the_queue_named_after_its_routing_key() -> None:
     reply_queue = app.control.mailbox(app.connection_for_write()).reply_queue
-    with app.connection_for_write() as client:
-        reply_queue(client.default_channel).declare()
-    with app.connection_for_write() as replier:  # another connection: no binding known there
-        exchange = Exchange(reply_queue.exchange.name, "direct", durable=False)
-        Producer(replier.default_channel).publish(
-            {"hello": 1}, exchange=exchange, routing_key=reply_queue.routing_key, declare=[exchange]
-        )
-    with app.connection_for_write() as client:
+    with app.connection_for_write() as client:  # the client waits, its reply queue declared
         bound = reply_queue(client.default_channel)
+        bound.declare()
+        with app.connection_for_write() as replier:  # another connection: no binding known there
+            exchange = Exchange(reply_queue.exchange.name, "direct", durable=False)
+            Producer(replier.default_channel).publish(
+                {"hello": 1}, exchange=exchange, routing_key=reply_queue.routing_key, declare=[exchange]
+            )
         message = wait_until(lambda: bound.get(no_ack=True), timeout=10, what="the reply")
         assert message.payload == {"hello": 1}
         # point 4: the no-ack message was deleted without an event loop, so it is gone
