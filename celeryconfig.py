@@ -164,7 +164,20 @@ class Settings(BaseSettings):
         le=3600,
     )
     FETCH_RECEIVERS: int = _setting(8, "`ReceiveMessage` calls in flight per fetch", ge=1, le=64)
-    FETCH_WAIT_SECONDS: int = _setting(1, "long poll of a fetch's first receive (later ones do not wait)", ge=0, le=20)
+    FETCH_WAIT_SECONDS: int = _setting(
+        1,
+        "long poll of a fetch's receive while it holds no messages (then one call, not `FETCH_RECEIVERS`)",
+        ge=0,
+        le=20,
+    )
+    BATCH_MAX_WAIT_MS: int = _setting(
+        250, "longest a received message waits for its batch to fill before the batch is handed off", ge=0, le=60_000
+    )
+    SQS_LEAN_CALLS: Flag = _setting(
+        True,
+        "the fetch's `ReceiveMessage` and `DeleteMessageBatch` as lean signed requests, not botocore's"
+        " (tasks/broker/lean_sqs.py: a tenth of the CPU per call)",
+    )
     SOURCE_VISIBILITY_TIMEOUT: int = _setting(
         60, "seconds a received source message stays hidden until its batch is handed off", ge=1, le=43_200
     )
@@ -392,6 +405,8 @@ FETCH_INTERVAL = _settings.FETCH_INTERVAL
 FETCH_MAX_SECONDS = _settings.FETCH_MAX_SECONDS
 FETCH_RECEIVERS = _settings.FETCH_RECEIVERS
 FETCH_WAIT_SECONDS = _settings.FETCH_WAIT_SECONDS
+BATCH_MAX_WAIT_MS = _settings.BATCH_MAX_WAIT_MS
+SQS_LEAN_CALLS = _settings.SQS_LEAN_CALLS
 SOURCE_VISIBILITY_TIMEOUT = _settings.SOURCE_VISIBILITY_TIMEOUT
 
 BATCH_MAX_RETRIES = _settings.BATCH_MAX_RETRIES

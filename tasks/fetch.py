@@ -2,15 +2,17 @@
 
 Beat runs `fetch_batches` every FETCH_INTERVAL seconds. It receives from login-queue
 with several ReceiveMessage calls in flight until it holds a batch (BATCH_SIZE
-messages or BATCH_MAX_BYTES as the task message will carry them) or the queue is
-empty, hands the batch to a `mask_and_insert` task, and only once that publish
-succeeded deletes the batch's source messages (in the background, while the next
-batch is received). A message too large for any batch, or one that cannot be a row as
-received (tasks.pipeline.source), becomes a dead letter here, with its reason.
-It goes on for up to FETCH_MAX_SECONDS; a fetch that dies leaves its messages to
-reappear after SOURCE_VISIBILITY_TIMEOUT. Its start and the newest SentTimestamp it
-received go to the ledger's heartbeats at its end: beat's last tick and the oldest
-message's age on /metrics.
+messages or BATCH_MAX_BYTES as the task message will carry them) or the batch's oldest
+message has waited BATCH_MAX_WAIT_MS, hands the batch to a `mask_and_insert` task, and
+only once that publish succeeded deletes the batch's source messages (in the
+background, while the next batch is received). A message too large for any batch, or
+one that cannot be a row as received (tasks.pipeline.source), becomes a dead letter
+here, with its reason. It goes on for up to FETCH_MAX_SECONDS while there are messages;
+on a quiet queue it long-polls until the next fetch starts, so beat is the safety net
+that keeps a fetch running, not the pace at which events move. A fetch that dies leaves
+its messages to reappear after SOURCE_VISIBILITY_TIMEOUT. Its start and the newest
+SentTimestamp it received go to the ledger's heartbeats at its end: beat's last tick
+and the oldest message's age on /metrics.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ def fetch_batches() -> dict[str, int]:
     deadline = clock + config.FETCH_MAX_SECONDS
     try:
         for batch in receive_batches(
-            source, config.BATCH_SIZE, config.BATCH_MAX_BYTES, deadline, config.FETCH_WAIT_SECONDS
+            source,
+            config.BATCH_SIZE,
+            config.BATCH_MAX_BYTES,
+            deadline,
+            idle_until=clock + config.FETCH_INTERVAL,
+            max_wait=config.BATCH_MAX_WAIT_MS / 1000,
+            idle_wait=config.FETCH_WAIT_SECONDS,
         ):
             if batch.set_apart:
                 dead_letter_set_apart(batch.set_apart)

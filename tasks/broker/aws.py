@@ -14,8 +14,11 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import NoCredentialsError
 
 import celeryconfig as config
+from tasks.broker.lean_sqs import LeanSQS
 
 BODY_LOGGERS = ("botocore", "boto3", "urllib3")
 
@@ -40,6 +43,25 @@ CLIENT_CONFIG = Config(
 def client(service: str) -> Any:
     """A thread-safe client for `service`; one per process (made after fork)."""
     return _new_client(service, CLIENT_CONFIG)
+
+
+@cache
+def lean_sqs() -> LeanSQS:
+    """The fetch's ReceiveMessage and DeleteMessageBatch without botocore's CPU cost
+    (tasks.broker.lean_sqs), with the SQS client's endpoint, region and credentials."""
+    sqs = client("sqs")
+    return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials())
+
+
+def credentials() -> Any:
+    """The credentials the clients use: the configured keys, else boto3's usual chain
+    (refreshable ones, such as a pod's role, refresh themselves)."""
+    if config.AWS_ACCESS_KEY_ID:
+        return Credentials(config.AWS_ACCESS_KEY_ID, config.AWS_SECRET_ACCESS_KEY)
+    found = boto3.session.Session().get_credentials()
+    if found is None:
+        raise NoCredentialsError()
+    return found
 
 
 def _new_client(service: str, client_config: Config) -> Any:

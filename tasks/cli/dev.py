@@ -7,6 +7,8 @@ so in one line (exit 2) instead of failing on import.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -101,14 +103,49 @@ def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: floa
     metavar="DIR",
     default=Path("bench-results"),
     show_default=True,
-    help="Folder for bench.json and throughput.png.",
+    help="Folder for bench.json and throughput.png (freshness.json with --rate).",
 )
-def bench(events: int, out: Path) -> None:
-    """Throughput against the single-client ceiling, time per stage, memory (docs/performance.md)."""
+@click.option(
+    "--rate",
+    callback=lambda ctx, param, value: _rate(value),
+    metavar="R",
+    help="Instead: send R events/s (or R% of the best ceiling, measured first) and report freshness.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1, max=3600),
+    default=60,
+    show_default=True,
+    metavar="S",
+    help="How long --rate sends.",
+)
+def bench(events: int, out: Path, rate: str | None, seconds: float) -> None:
+    """Throughput against the best ceiling of 1, 2 and 4 bare clients, worker CPU per event,
+    time per stage, memory; with --rate, freshness at a steady load (docs/performance.md)."""
+    key_ring()
+    if rate is not None:
+        from tasks.dev import freshness
+
+        result = freshness.measure(rate, seconds)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "freshness.json").write_text(json.dumps(asdict(result), indent=2))
+        click.echo(freshness.report(result))
+        return
     from tasks.dev import bench as measure
 
-    key_ring()
     click.echo(measure.report(measure.bench(events, out), out))
+
+
+def _rate(value: str | None) -> str | None:
+    """A rate: events per second, or a share of the ceiling such as 50%."""
+    number = (value or "").removesuffix("%")
+    try:
+        ok = value is None or 0 < float(number) <= (100 if value.endswith("%") else 100_000)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise click.BadParameter("give events per second (up to 100,000) or a share of the ceiling, 1% to 100%")
+    return value
 
 
 def _passed(outcome: int, what: str) -> None:

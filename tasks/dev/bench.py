@@ -1,10 +1,12 @@
-"""`bench`: the pipeline's throughput against the single-client ceiling, in one run.
+"""`bench`: the pipeline's throughput against the best multi-client ceiling, in one run.
 
-(a) The ceiling: one client receiving ten and deleting ten in a tight loop on the same
-LocalStack, doing nothing else. (b) The pipeline: worker and beat processes, from the
-first fetch to the last row committed. Also the time per stage on real batches, the
-peak RSS of every worker process, the figures as JSON and throughput over time as PNG.
-It prints figures; it asserts nothing.
+(a) The ceiling: 1, 2 and 4 bare client processes draining the same LocalStack
+(tasks.dev.ceiling); the best of them is the bar. (b) The pipeline: worker and beat
+processes, from the first fetch to the last row committed, and the worker processes' CPU
+per event over the steady part (10% to 90% of the events). (c) The best ceiling again at
+the end, since LocalStack slows down as it handles more messages. Also the time per
+stage on real batches, the peak RSS of every worker process, the figures as JSON and
+throughput over time as PNG. It prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -21,40 +23,30 @@ from tqdm import tqdm
 
 import celeryconfig as config
 from tasks.broker import aws
-from tasks.dev import runner, seed, stack
+from tasks.dev import ceiling, runner, seed, stack
+from tasks.dev.ceiling import Ceiling
 from tasks.pipeline import store
 from tasks.pipeline.source import Received, SourceQueue
 
 T = TypeVar("T")
 
-CEILING_QUEUE = "bench-ceiling"
+CEILING_QUEUE = ceiling.QUEUE
 
 
 @dataclass
 class Figures:
     events: int
-    ceiling_per_s: float = 0.0
+    ceilings: list[Ceiling] = field(default_factory=list)
+    ceiling_per_s: float = 0.0  # the best of `ceilings`
+    ceiling_end_per_s: float = 0.0  # the best client count again, after the pipeline
     pipeline_per_s: float = 0.0
     ratio: float = 0.0
+    worker_cpu_us_per_event: float = 0.0  # steady part: 10% to 90% of the events
+    first_tenth_per_s: float = 0.0
+    last_tenth_per_s: float = 0.0
     stage_ms_per_batch: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     series: list[tuple[float, int]] = field(default_factory=list)
-
-
-def ceiling(bodies: list[str]) -> float:
-    sqs = aws.client("sqs")
-    url = sqs.create_queue(QueueName=CEILING_QUEUE)["QueueUrl"]
-    sqs.purge_queue(QueueUrl=url)
-    seed.send(CEILING_QUEUE, bodies)
-    moved, started = 0, time.monotonic()
-    with tqdm(total=len(bodies), desc="ceiling ", unit="ev") as bar:
-        while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-            sqs.delete_message_batch(
-                QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-            )
-            moved += len(got)
-            bar.update(len(got))
-    return moved / (time.monotonic() - started)
 
 
 def stages(bodies: list[str]) -> dict[str, float]:
@@ -110,12 +102,26 @@ def peak_rss(process: psutil.Process) -> dict[str, float]:
     return peaks
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU of a process and its children so far (exited children included)."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def pipeline_run(bodies: list[str], figures: Figures) -> None:
     seed.send(config.SOURCE_QUEUE, bodies)
     conn = store.connect(config.database_url())
     before = store.totals(conn)["received"]
     commands = {"worker": runner.worker_command(), "beat": runner.beat_command()}
+    steady: dict[float, tuple[int, float]] = {}  # share of the events -> (done, worker CPU)
     with runner.processes(commands) as running, tqdm(total=len(bodies), desc="pipeline", unit="ev") as bar:
+        worker = psutil.Process(running["worker"].pid)
         while aws.queue_depth(config.SOURCE_QUEUE)["in_flight"] == 0:  # until the first fetch
             time.sleep(0.05)
         started = time.monotonic()
@@ -125,10 +131,27 @@ def pipeline_run(bodies: list[str], figures: Figures) -> None:
             done = store.totals(conn)["received"] - before
             bar.update(done - bar.n)
             figures.series.append((round(time.monotonic() - started, 2), done))
+            for share in (0.1, 0.9):
+                if share not in steady and done >= share * len(bodies):
+                    steady[share] = (done, cpu_seconds(worker))
         elapsed = time.monotonic() - started
-        figures.peak_rss_mb = peak_rss(psutil.Process(running["worker"].pid))
+        figures.peak_rss_mb = peak_rss(worker)
     conn.close()
     figures.pipeline_per_s = len(bodies) / elapsed
+    (done_10, cpu_10), (done_90, cpu_90) = steady[0.1], steady[0.9]
+    figures.worker_cpu_us_per_event = round((cpu_90 - cpu_10) / max(done_90 - done_10, 1) * 1e6, 1)
+    figures.first_tenth_per_s, figures.last_tenth_per_s = tenth_rates(figures.series, len(bodies))
+
+
+def tenth_rates(series: list[tuple[float, int]], events: int) -> tuple[float, float]:
+    """Events per second over the first and the last tenth of the events."""
+
+    def when(count: float) -> float:
+        return next(t for t, done in series if done >= count)
+
+    first = events / 10 / max(when(events / 10), 1e-3)
+    last = events / 10 / max(series[-1][0] - when(events * 0.9), 1e-3)
+    return round(first, 1), round(last, 1)
 
 
 def chart(figures: Figures, path: Path) -> None:
@@ -143,7 +166,7 @@ def chart(figures: Figures, path: Path) -> None:
     rates = [(b - a) / (tb - ta) for (ta, a), (tb, b) in zip(points, points[window:], strict=False)]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(times, rates, label="pipeline (2 s window)")
-    ax.axhline(figures.ceiling_per_s, color="grey", linestyle="--", label="single-client ceiling")
+    ax.axhline(figures.ceiling_per_s, color="grey", linestyle="--", label="best multi-client ceiling")
     ax.set_xlabel("seconds")
     ax.set_ylabel("events per second")
     ax.set_title(f"login pipeline, {figures.events:,} events")
@@ -154,11 +177,15 @@ def chart(figures: Figures, path: Path) -> None:
 
 def bench(events: int, out: Path) -> Figures:
     stack.up()
-    bodies = [b for b, _ in seed.generate(events, seed=int(time.time()))]
+    bodies = seed.bodies(events)
+    sample = bodies[: ceiling.SAMPLE_EVENTS]
     figures = Figures(events)
-    figures.ceiling_per_s = round(ceiling(bodies), 1)
+    figures.ceilings = ceiling.measure_all(sample)
+    best = ceiling.best(figures.ceilings)
+    figures.ceiling_per_s = best.per_s
     figures.stage_ms_per_batch = stages(bodies)
     pipeline_run(bodies, figures)
+    figures.ceiling_end_per_s = ceiling.measure(sample, best.clients).per_s
     figures.pipeline_per_s = round(figures.pipeline_per_s, 1)
     figures.ratio = round(figures.pipeline_per_s / figures.ceiling_per_s, 2)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,11 +195,18 @@ def bench(events: int, out: Path) -> Figures:
 
 
 def report(figures: Figures, out: Path) -> str:
+    clients = ", ".join(
+        f"{c.clients}: {c.per_s:,.0f}/s ({c.cpu_us_per_event:.0f} µs CPU/event)" for c in figures.ceilings
+    )
     lines = [
         f"events                 {figures.events:,}",
-        f"ceiling (1 client)     {figures.ceiling_per_s:,.0f} events/s",
-        f"pipeline (end to end)  {figures.pipeline_per_s:,.0f} events/s",
-        f"ratio                  {figures.ratio:.2f}x the ceiling",
+        f"ceiling by clients     {clients}",
+        f"ceiling (best)         {figures.ceiling_per_s:,.0f} events/s at the start,"
+        f" {figures.ceiling_end_per_s:,.0f} at the end",
+        f"pipeline (end to end)  {figures.pipeline_per_s:,.0f} events/s"
+        f" (first tenth {figures.first_tenth_per_s:,.0f}/s, last tenth {figures.last_tenth_per_s:,.0f}/s)",
+        f"ratio                  {figures.ratio:.2f}x the best ceiling",
+        f"worker CPU             {figures.worker_cpu_us_per_event:.0f} µs per event (steady part)",
         "time per batch of {} (ms): {}".format(
             config.BATCH_SIZE, ", ".join(f"{k} {v}" for k, v in figures.stage_ms_per_batch.items())
         ),

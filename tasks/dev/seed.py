@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,12 @@ def generate(count: int, seed: int = 7) -> Iterator[tuple[str, bool]]:
             person = _person(rng)
             people = ([*people, person])[-1000:]
         yield json.dumps({**person, "app_version": _version(rng)}), True
+
+
+def bodies(count: int, valid_only: bool = False) -> list[str]:
+    """`count` fresh bodies (a new seed each time); with `valid_only`, only ones that become rows."""
+    made = generate(count * 2 if valid_only else count, seed=time.time_ns())
+    return [body for body, valid in made if valid or not valid_only][:count]
 
 
 def send(queue: str, bodies: list[str], threads: int = 8) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from time import monotonic
+from time import monotonic, sleep
 
 from tasks.pipeline.source import Received, SourceQueue
 
@@ -25,6 +25,7 @@ SQS_MAX_MESSAGE_BYTES = 1_048_576
 ENVELOPE_ALLOWANCE = 8_192  # kombu's headers and properties (argsrepr, ids, routing), generously
 # The most JSON a batch may hold so that its task message fits SQS: 585,216 bytes.
 MAX_BATCH_BYTES = (SQS_MAX_MESSAGE_BYTES - ENVELOPE_ALLOWANCE) * 9 // 16
+LINGER_PAUSE = 0.02  # seconds between receives that find the queue empty while a batch fills
 
 
 def wire_size(received: Received) -> int:
@@ -65,17 +66,39 @@ def cut_batch(pending: list[Received], size: int, max_bytes: int) -> tuple[Batch
 
 
 def receive_batches(
-    source: SourceQueue, size: int, max_bytes: int, deadline: float, first_wait: int = 1
+    source: SourceQueue,
+    size: int,
+    max_bytes: int,
+    deadline: float,
+    *,
+    idle_until: float | None = None,
+    max_wait: float = 0.25,
+    idle_wait: int = 1,
 ) -> Iterator[Batch]:
-    """Batches from the source queue until it is empty or the deadline passed."""
+    """Batches from the source queue until `deadline` (monotonic seconds).
+
+    A batch is handed off when it is full or when its oldest message has waited
+    `max_wait` seconds, so a message waits for its batchmates that long at most. While a
+    fetch holds nothing and the queue is quiet, it long-polls with one call of
+    `idle_wait` seconds, and goes on doing so until `idle_until` (the next fetch's start):
+    a message that arrives meanwhile is on its way at once, not at the next beat tick.
+    With `idle_wait` 0 a quiet queue ends the fetch."""
+    idle_until = deadline if idle_until is None else min(idle_until, deadline)
     pending: list[Received] = []
-    more, wait = True, first_wait
-    while more or pending:
-        while more and len(pending) < size:
-            got = source.receive_up_to(size - len(pending), wait)
+    oldest, quiet = 0.0, None  # quiet: whether the last receive with nothing pending found nothing
+    while True:
+        now = monotonic()
+        if pending and (len(pending) >= size or now - oldest >= max_wait or now >= deadline):
+            batch, pending = cut_batch(pending, size, max_bytes)
+            oldest = now
+            yield batch
+        elif pending:
+            got = source.receive_up_to(size - len(pending), 0)
             pending += got
-            more, wait = bool(got) and monotonic() < deadline, 0
-        if not pending:
+            if not got:  # the queue is empty for now: the batch lingers a little
+                sleep(min(LINGER_PAUSE, max(0.0, oldest + max_wait - monotonic())))
+        elif now >= deadline or (quiet and (now >= idle_until or not idle_wait)):
             return
-        batch, pending = cut_batch(pending, size, max_bytes)
-        yield batch
+        else:  # one long poll to start and while quiet, all receivers while messages come
+            pending = source.receive_up_to(size, 0) if quiet is False else source.receive_up_to(10, idle_wait)
+            oldest, quiet = monotonic(), not pending

@@ -81,7 +81,13 @@ def dead_letter_queue() -> DeadLetterQueue:
 
 @cache
 def source_queue() -> SourceQueue:
-    return SourceQueue(config.SOURCE_QUEUE, key_ring(), config.SOURCE_VISIBILITY_TIMEOUT, config.FETCH_RECEIVERS)
+    return SourceQueue(
+        config.SOURCE_QUEUE,
+        key_ring(),
+        config.SOURCE_VISIBILITY_TIMEOUT,
+        config.FETCH_RECEIVERS,
+        lean=config.SQS_LEAN_CALLS,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,16 @@ def received(n: int, body: str = '{"user_id": "u"}') -> Received:
 class FakeSource:
     """Hands out its messages `per_call` at a time, as ReceiveMessage would."""
 
-    def __init__(self, messages: list[Received], per_call: int = 10) -> None:
-        self.messages, self.per_call, self.waits = list(messages), per_call, []
+    def __init__(self, messages: list[Received], per_call: int = 10, delay: float = 0.0) -> None:
+        self.messages, self.per_call, self.waits, self.delay = list(messages), per_call, [], delay
+        self.arrivals: dict[int, list[Received]] = {}  # call number -> messages that arrive then
 
     def receive_up_to(self, count: int, wait: int = 0) -> list[Received]:
+        self.messages += self.arrivals.pop(len(self.waits), [])
         self.waits.append(wait)
+        if wait and not self.messages:
+            time.sleep(0.1)  # a long poll, shortened
+        time.sleep(self.delay)
         got, self.messages = self.messages[: min(count, self.per_call)], self.messages[min(count, self.per_call) :]
         return got
 
@@ -58,21 +63,49 @@ def test_a_message_the_source_set_apart_keeps_its_reason_and_its_neighbours_go_o
     assert batch.set_apart == [unusable] and rest == []
 
 
-def test_receive_batches_drains_a_source_in_batches_and_long_polls_only_first() -> None:
+def test_receive_batches_drains_a_source_in_batches_and_long_polls_only_while_quiet() -> None:
     source = FakeSource([received(n) for n in range(23)])
-    batches = list(receive_batches(source, size=10, max_bytes=10**6, deadline=time.monotonic() + 60, first_wait=1))  # type: ignore[arg-type]
+    now = time.monotonic()
+    batches = list(receive_batches(source, size=10, max_bytes=10**6, deadline=now + 60, idle_until=now, idle_wait=1))  # type: ignore[arg-type]
     assert [len(b.messages) for b in batches] == [10, 10, 3]
+    # one long poll to start, none while messages come (the next fetch has started by then)
     assert source.waits[0] == 1 and set(source.waits[1:]) == {0}
 
 
+def test_a_quiet_fetch_keeps_long_polling_until_the_next_fetch_starts() -> None:
+    source = FakeSource([])
+    started = time.monotonic()
+    assert list(receive_batches(source, 10, 10**6, started + 60, idle_until=started + 0.3, idle_wait=1)) == []  # type: ignore[arg-type]
+    assert time.monotonic() - started >= 0.3 and set(source.waits) == {1} and len(source.waits) >= 2
+
+
+def test_a_message_that_arrives_during_a_long_poll_is_handed_off_within_max_wait() -> None:
+    source = FakeSource([], per_call=1)
+    started = time.monotonic()
+    source.arrivals = {3: [received(0)]}  # arrives with the fourth quiet poll
+    batches = list(receive_batches(source, 500, 10**6, started + 60, idle_until=started + 0.5, max_wait=0.1))  # type: ignore[arg-type]
+    assert [[r.message.message_id for r in b.messages] for b in batches] == [["m-0"]]
+
+
+def test_a_batch_is_handed_off_when_its_oldest_message_has_waited_max_wait() -> None:
+    source = FakeSource([received(n) for n in range(1000)], per_call=1, delay=0.001)
+    batches = receive_batches(source, 500, 10**6, time.monotonic() + 60, max_wait=0.05)  # type: ignore[arg-type]
+    started = time.monotonic()
+    first = next(batches)
+    assert 0.05 <= time.monotonic() - started < 0.5 and 0 < len(first.messages) < 500
+
+
 def test_receive_batches_stops_receiving_after_the_deadline_and_hands_out_what_it_holds() -> None:
-    source = FakeSource([received(n) for n in range(100)], per_call=4)
-    batches = list(receive_batches(source, size=10, max_bytes=10**6, deadline=time.monotonic() - 1))  # type: ignore[arg-type]
-    assert [len(b.messages) for b in batches] == [4] and len(source.messages) == 96
+    source = FakeSource([received(n) for n in range(100)], per_call=4, delay=0.01)
+    batches = receive_batches(source, size=10, max_bytes=10**6, deadline=time.monotonic() + 0.2, max_wait=60)  # type: ignore[arg-type]
+    sizes = [len(b.messages) for b in batches]
+    assert sum(sizes) + len(source.messages) == 100 and len(source.messages) > 0
 
 
 def test_an_empty_source_gives_no_batch() -> None:
-    assert list(receive_batches(FakeSource([]), 10, 10**6, time.monotonic() + 60)) == []  # type: ignore[arg-type]
+    now = time.monotonic()
+    assert list(receive_batches(FakeSource([]), 10, 10**6, now + 60, idle_until=now)) == []  # type: ignore[arg-type]
+    assert list(receive_batches(FakeSource([]), 10, 10**6, now + 60, idle_wait=0)) == []  # type: ignore[arg-type]
     assert Batch().messages == [] and Batch().set_apart == []
 
 

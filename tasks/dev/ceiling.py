@@ -1,0 +1,81 @@
+"""The ceiling: what bare SQS clients drain from LocalStack, with 1, 2 and 4 processes.
+
+Each client process receives ten and deletes ten in a tight loop with boto3, doing
+nothing else, until the queue is empty. All of them start together (a barrier), after
+their imports and a first call, so start-up is not counted. The best of the counts is
+the bar the pipeline is measured against; the clients' CPU per event is the reference
+for the worker's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tasks.broker import aws
+from tasks.dev import seed
+
+CLIENTS = (1, 2, 4)
+QUEUE = "bench-ceiling"
+SAMPLE_EVENTS = 20_000  # per client count: long enough to be steady, short enough to repeat
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    clients: int
+    events: int
+    per_s: float
+    cpu_us_per_event: float
+
+
+def _drain(url: str, barrier: Any, results: Any) -> None:
+    """One client process: receive ten, delete ten, until the queue is empty."""
+    sqs = aws.client("sqs")
+    sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])  # connected and warm
+    barrier.wait()
+    moved, cpu = 0, time.process_time()
+    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
+        sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+        moved += len(got)
+    results.put((moved, time.process_time() - cpu, time.monotonic()))
+
+
+def measure(bodies: list[str], clients: int) -> Ceiling:
+    """Send `bodies` to the ceiling queue, then drain it with `clients` processes at once."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    with contextlib.suppress(ClientError):  # PurgeQueue: once a minute; drained runs leave it empty
+        sqs.purge_queue(QueueUrl=url)
+    seed.send(QUEUE, bodies)
+    spawn = multiprocessing.get_context("spawn")  # no boto3 connection crosses a fork
+    barrier, results = spawn.Barrier(clients + 1), spawn.Queue()
+    children = [spawn.Process(target=_drain, args=(url, barrier, results), daemon=True) for _ in range(clients)]
+    for child in children:
+        child.start()
+    try:
+        barrier.wait(timeout=120)
+        started = time.monotonic()
+        done = [results.get(timeout=600) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=10)
+            child.kill()
+    moved = sum(d[0] for d in done)
+    seconds = max(d[2] for d in done) - started
+    cpu_us = sum(d[1] for d in done) / max(moved, 1) * 1e6
+    return Ceiling(clients, moved, round(moved / seconds, 1), round(cpu_us, 1))
+
+
+def measure_all(bodies: list[str]) -> list[Ceiling]:
+    """The ceiling with each client count in CLIENTS, one after the other."""
+    return [measure(bodies, clients) for clients in CLIENTS]
+
+
+def best(ceilings: list[Ceiling]) -> Ceiling:
+    return max(ceilings, key=lambda c: c.per_s)

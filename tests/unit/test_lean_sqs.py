@@ -1,0 +1,88 @@
+"""The lean SQS calls make, byte for byte, the request botocore makes: botocore is the oracle."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from tasks.broker.lean_sqs import LeanSQS, error_of
+
+RECEIVE = {
+    "QueueUrl": "http://127.0.0.1:4566/000000000000/login-queue",
+    "MaxNumberOfMessages": 10,
+    "WaitTimeSeconds": 1,
+    "VisibilityTimeout": 60,
+    "MessageSystemAttributeNames": ["SentTimestamp"],
+    "MessageAttributeNames": ["source_message_id", "source_sent_timestamp", "source_message_signature"],
+}
+DELETE = {
+    "QueueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/login-queue",
+    "Entries": [{"Id": str(i), "ReceiptHandle": f"handle-{i}-é+/="} for i in range(10)],
+}
+ENDPOINTS = ["http://127.0.0.1:4566", "http://localhost:80", "https://sqs.eu-west-1.amazonaws.com"]
+
+
+class Sent(Exception):
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+
+def botocores_request(endpoint: str, credentials: Credentials, operation: str, params: dict) -> Any:
+    """The request botocore signs and would send for this call."""
+    client = boto3.session.Session().client(
+        "sqs",
+        region_name="eu-west-1",
+        endpoint_url=endpoint,
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        aws_session_token=credentials.token,
+    )
+
+    def stop(request: Any, **_: Any) -> None:
+        raise Sent(request)
+
+    client.meta.events.register("before-send.sqs.*", stop)
+    with pytest.raises(Sent) as sent:
+        getattr(client, operation)(**params)
+    return sent.value.request
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("token", [None, "session/token+="])
+@pytest.mark.parametrize(
+    ("operation", "name", "params"),
+    [
+        ("receive_message", "ReceiveMessage", RECEIVE),
+        ("delete_message_batch", "DeleteMessageBatch", DELETE),
+    ],
+)
+def test_each_call_is_the_request_botocore_makes(endpoint, token, operation, name, params) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    theirs = botocores_request(endpoint, credentials, operation, params)
+    when = datetime.strptime(theirs.headers["X-Amz-Date"].decode(), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+    body, ours = LeanSQS(endpoint, "eu-west-1", credentials).request(name, params, when)
+
+    assert theirs.method == "POST" and theirs.url.rstrip("/") == endpoint.rstrip("/")
+    assert body == theirs.body
+    for header in ("Content-Type", "X-Amz-Target", "x-amzn-query-mode", "X-Amz-Date", "Authorization"):
+        assert ours[header.lower()] == theirs.headers[header].decode(), header
+    assert ours.get("x-amz-security-token") == (token and theirs.headers["X-Amz-Security-Token"].decode())
+
+
+def test_an_error_carries_the_code_botocore_would_give() -> None:
+    error = error_of(
+        "ReceiveMessage",
+        400,
+        b'{"__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": "The specified queue does not exist."}',
+        "AWS.SimpleQueueService.NonExistentQueue;Sender",
+    )
+    assert isinstance(error, ClientError)
+    assert error.response["Error"]["Code"] == "AWS.SimpleQueueService.NonExistentQueue"
+    assert error_of("DeleteMessageBatch", 503, b"<html>", None).response["Error"]["Code"] == "503"
+    assert error_of("ReceiveMessage", 400, b'{"__type": "x#ThrottlingException"}', None).response["Error"]["Code"] == (
+        "ThrottlingException"
+    )
