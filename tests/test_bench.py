@@ -9,9 +9,23 @@ from tests.helpers import python_m_tasks
 def test_bench_prints_figures_and_writes_json_and_a_chart(clean, tmp_path) -> None:
     result = python_m_tasks("dev", "bench", "--events", "2000", "--out", str(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "x the ceiling" in result.stdout
+    assert "x the best ceiling" in result.stdout
     figures = json.loads((tmp_path / "bench.json").read_text())
-    assert figures["events"] == 2000 and figures["ceiling_per_s"] > 0 and figures["pipeline_per_s"] > 0
+    assert figures["events"] == 2000 and figures["pipeline_per_s"] > 0
+    assert [c["clients"] for c in figures["ceilings"]] == [1, 2, 4]
+    assert all(c["events"] == 2000 and c["per_s"] > 0 and c["cpu_us_per_event"] > 0 for c in figures["ceilings"])
+    assert figures["ceiling_per_s"] == max(c["per_s"] for c in figures["ceilings"]) and figures["ceiling_end_per_s"] > 0
+    assert figures["worker_cpu_us_per_event"] > 0 and figures["last_tenth_per_s"] > 0
     assert set(figures["stage_ms_per_batch"]) == {"receive", "hand-off", "parse and mask", "insert", "delete"}
     assert figures["peak_rss_mb"]
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_at_a_steady_rate_reports_freshness_from_outside_and_from_the_histogram(clean, tmp_path) -> None:
+    result = python_m_tasks("dev", "bench", "--rate", "40", "--seconds", "5", "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "freshness, outside" in result.stdout and "freshness, histogram" in result.stdout
+    figures = json.loads((tmp_path / "freshness.json").read_text())
+    assert figures["events"] == 200 and figures["rate"] == 40
+    assert set(figures["outside"]) == set(figures["histogram"]) == {"p50", "p90", "p99", "max"}
+    assert figures["histogram"]["p50"] > 0 and figures["outside"]["p50"] > 0

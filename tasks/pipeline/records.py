@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -48,6 +49,8 @@ STORED_AS_GIVEN = frozenset(TEXT_LIMITS)
 # Wider than any column: a longer whole number is refused before int() reads it.
 MAX_NUMBER_DIGITS = 128
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode's control characters (category Cc: U+0000-U+001F, U+007F-U+009F) and the above.
+CONTROL_OR_BIDI = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(BIDI_CONTROLS)) + "]")
 
 
 @dataclass(frozen=True)
@@ -160,16 +163,12 @@ def _text(record: dict[str, Any], field: str, limit: int, unit: str = "character
     except UnicodeEncodeError:  # a lone surrogate: no UTF-8, so no COPY either
         raise Invalid(f"{field} is not valid Unicode text") from None
     value = unicodedata.normalize("NFC", value)
-    if field in STORED_AS_GIVEN and any(_is_control(ch) for ch in value):
+    if field in STORED_AS_GIVEN and CONTROL_OR_BIDI.search(value):
         raise Invalid(f"{field} contains a control or bidirectional formatting character")
     size = len(value.encode("utf-8")) if unit == "bytes" else len(value)
     if size > limit:
         raise Invalid(f"{field} is longer than {limit} {unit}")
     return value
-
-
-def _is_control(ch: str) -> bool:
-    return ch in BIDI_CONTROLS or unicodedata.category(ch) == "Cc"
 
 
 def _load_object(body: str) -> dict[str, Any]:

@@ -12,8 +12,9 @@ rejections with the database's reason.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import date
 from itertools import zip_longest
 from pathlib import Path
@@ -65,7 +66,10 @@ class MaskedRow:
 
     def copy_line(self) -> str:
         """The row as one line of COPY's text format."""
-        return "\t".join(_copy_text(v) for v in astuple(self)) + "\n"
+        return "\t".join([_copy_text(getattr(self, name)) for name in ROW_FIELDS]) + "\n"
+
+
+ROW_FIELDS = tuple(column.name for column in fields(MaskedRow))
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,15 @@ def apply_schema(url: str) -> None:
     conn.close()
 
 
+COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+NEEDS_ESCAPE = re.compile("[\\\\\t\n\r]")
+
+
 def _copy_text(value: object) -> str:
     if value is None:
         return r"\N"
     text = str(value)
-    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
-        text = text.replace(raw, escaped)
-    return text
+    return NEEDS_ESCAPE.sub(lambda found: COPY_ESCAPES[found.group()], text) if NEEDS_ESCAPE.search(text) else text
 
 
 def insert_new(cur: Cursor, rows: Sequence[MaskedRow]) -> list[str]:

@@ -167,3 +167,24 @@ def test_an_ip_that_is_no_address_is_a_row_masked_as_given_and_counted_not_a_dea
     ready, dead = parse_batch([message(json.dumps({"user_id": "u", "ip": ip}))])
     assert dead == [] and [p.ip_is_address for p in ready] == [False]
     assert ready[0].row.masked_ip.startswith("h1:")
+
+
+def test_the_control_pattern_is_exactly_unicodes_control_characters_and_the_bidi_controls() -> None:
+    import sys
+    import unicodedata
+
+    from tasks.pipeline.records import BIDI_CONTROLS, CONTROL_OR_BIDI
+
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        expected = ch in BIDI_CONTROLS or unicodedata.category(ch) == "Cc"
+        assert bool(CONTROL_OR_BIDI.match(ch)) == expected, hex(code)
+
+
+def test_a_rows_copy_line_escapes_what_copys_text_format_would_misread() -> None:
+    from datetime import date
+
+    from tasks.pipeline.store import MaskedRow
+
+    row = MaskedRow("m\t1", "u\\x\ny\rz", None, "h1:ip", None, "RU", 2_003_000, date(2026, 1, 2))
+    assert row.copy_line() == "m\\t1\tu\\\\x\\ny\\rz\t\\N\th1:ip\t\\N\tRU\t2003000\t2026-01-02\n"
