@@ -17,6 +17,7 @@ def test_bench_prints_figures_and_writes_json_and_a_chart(clean, tmp_path) -> No
     assert figures["ceiling_per_s"] == max(c["per_s"] for c in figures["ceilings"]) and figures["ceiling_end_per_s"] > 0
     assert figures["worker_cpu_us_per_event"] > 0 and figures["last_tenth_per_s"] > 0
     assert set(figures["stage_ms_per_batch"]) == {"receive", "hand-off", "parse and mask", "insert", "delete"}
+    assert set(figures["receive_call_cpu_us"]) == {"botocore", "botocore, no parameter validation", "lean"}
     assert figures["peak_rss_mb"]
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

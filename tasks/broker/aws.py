@@ -74,6 +74,11 @@ def _new_client(service: str, client_config: Config) -> Any:
     return boto3.session.Session().client(service, **options)
 
 
+def client_without_validation(service: str) -> Any:
+    """A client that skips botocore's parameter validation (the bench compares its CPU)."""
+    return _new_client(service, CLIENT_CONFIG.merge(Config(parameter_validation=False)))
+
+
 # A scrape asks once, briefly: Prometheus gives up on a scrape after 10 s by default.
 SCRAPE_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
 

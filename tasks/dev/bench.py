@@ -45,6 +45,7 @@ class Figures:
     first_tenth_per_s: float = 0.0
     last_tenth_per_s: float = 0.0
     stage_ms_per_batch: dict[str, float] = field(default_factory=dict)
+    receive_call_cpu_us: dict[str, float] = field(default_factory=dict)  # by client, ten messages
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     series: list[tuple[float, int]] = field(default_factory=list)
 
@@ -186,6 +187,7 @@ def bench(events: int, out: Path) -> Figures:
     figures.stage_ms_per_batch = stages(bodies)
     pipeline_run(bodies, figures)
     figures.ceiling_end_per_s = ceiling.measure(sample, best.clients).per_s
+    figures.receive_call_cpu_us = ceiling.call_cpu_us(sample)
     figures.pipeline_per_s = round(figures.pipeline_per_s, 1)
     figures.ratio = round(figures.pipeline_per_s / figures.ceiling_per_s, 2)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +212,7 @@ def report(figures: Figures, out: Path) -> str:
         "time per batch of {} (ms): {}".format(
             config.BATCH_SIZE, ", ".join(f"{k} {v}" for k, v in figures.stage_ms_per_batch.items())
         ),
+        "CPU per ReceiveMessage of ten (µs): " + ", ".join(f"{k} {v}" for k, v in figures.receive_call_cpu_us.items()),
         "peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in figures.peak_rss_mb.items()),
         f"figures: {out / 'bench.json'}   chart: {out / 'throughput.png'}",
     ]

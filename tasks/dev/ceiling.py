@@ -40,8 +40,7 @@ def _drain(url: str, barrier: Any, results: Any) -> None:
     barrier.wait()
     moved, cpu = 0, time.process_time()
     while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-        sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+        sqs.delete_message_batch(QueueUrl=url, Entries=_entries(got))
         moved += len(got)
     results.put((moved, time.process_time() - cpu, time.monotonic()))
 
@@ -79,3 +78,34 @@ def measure_all(bodies: list[str]) -> list[Ceiling]:
 
 def best(ceilings: list[Ceiling]) -> Ceiling:
     return max(ceilings, key=lambda c: c.per_s)
+
+
+def call_cpu_us(bodies: list[str], calls: int = 300) -> dict[str, float]:
+    """CPU of one ReceiveMessage call that returns ten messages, in this process, by client:
+    boto3 as configured, boto3 without parameter validation, and the lean call."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    seed.send(QUEUE, bodies[:10])
+    clients = {
+        "botocore": sqs,
+        "botocore, no parameter validation": aws.client_without_validation("sqs"),
+        "lean": aws.lean_sqs(),
+    }
+    costs = {}
+    for name, client in clients.items():
+        client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)  # warm
+        cpu = time.process_time()
+        for _ in range(calls):  # VisibilityTimeout 0: the same ten come back each time
+            client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        costs[name] = round((time.process_time() - cpu) / calls * 1e6, 1)
+    _empty(sqs, url)
+    return costs
+
+
+def _empty(sqs: Any, url: str) -> None:
+    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        sqs.delete_message_batch(QueueUrl=url, Entries=_entries(got))
+
+
+def _entries(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
