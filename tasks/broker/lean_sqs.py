@@ -6,7 +6,8 @@ two calls per ten messages, so botocore alone would cost the worker about 200 µ
 event, more than all the pipeline's own work. `LeanSQS` makes the same two calls for a
 tenth of that: SQS's JSON protocol (the one botocore speaks to SQS), signed with
 Signature Version 4 from the boto3 client's own endpoint, region and credentials, over
-one keep-alive HTTP connection per thread. It answers with the response's JSON, which
+one keep-alive HTTP connection per thread (asked for by name: LocalStack closes every
+other connection after one request). It answers with the response's JSON, which
 has the keys botocore's parsed response has, and fails with botocore's own exceptions
 (`ClientError` with SQS's error code, `EndpointConnectionError`), so a caller cannot tell
 which client it used. Every other SQS call goes through boto3.
@@ -143,7 +144,7 @@ class LeanSQS:
 
     def _send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         connection = self._connection()
-        connection.request("POST", "/", body, headers)
+        connection.request("POST", "/", body, {**headers, "connection": "keep-alive"})
         response = connection.getresponse()
         payload = response.read()
         if response.will_close:
