@@ -71,6 +71,48 @@ def measure(bodies: list[str], clients: int) -> Ceiling:
     return Ceiling(clients, moved, round(moved / seconds, 1), round(cpu_us, 1))
 
 
+def _follow(url: str, barrier: Any, stop: Any, results: Any) -> None:
+    """One client process under a steady load: receive (long polls), note each message's
+    age at receipt, delete; until told to stop and the queue is empty."""
+    sqs = aws.client("sqs")
+    sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    barrier.wait()
+    ages: list[float] = []
+    while True:
+        got = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageSystemAttributeNames=["SentTimestamp"]
+        ).get("Messages", [])
+        now_ms = time.time() * 1000
+        ages += [(now_ms - int(m["Attributes"]["SentTimestamp"])) / 1000 for m in got]
+        if got:
+            sqs.delete_message_batch(QueueUrl=url, Entries=_entries(got))
+        elif stop.is_set():
+            break
+    results.put(ages)
+
+
+def under_load(bodies: list[str], rate: float, clients: int = 2) -> list[float]:
+    """Bare clients following a steady load of `rate` events/s: each event's age when it
+    was received (SentTimestamp to receipt), the floor for any consumer's freshness."""
+    sqs = aws.client("sqs")
+    sqs.create_queue(QueueName=QUEUE)
+    spawn = multiprocessing.get_context("spawn")
+    barrier, stop, results = spawn.Barrier(clients + 1), spawn.Event(), spawn.Queue()
+    url = aws.queue_url(QUEUE)
+    children = [spawn.Process(target=_follow, args=(url, barrier, stop, results), daemon=True) for _ in range(clients)]
+    for child in children:
+        child.start()
+    try:
+        barrier.wait(timeout=120)
+        seed.send_steadily(QUEUE, bodies, rate)
+        stop.set()
+        return [age for _ in children for age in results.get(timeout=600)]
+    finally:
+        for child in children:
+            child.join(timeout=10)
+            child.kill()
+
+
 def measure_all(bodies: list[str]) -> list[Ceiling]:
     """The ceiling with each client count in CLIENTS, one after the other."""
     return [measure(bodies, clients) for clients in CLIENTS]

@@ -16,17 +16,14 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import celeryconfig as config
-from tasks.broker import aws
 from tasks.dev import ceiling, runner, seed, stack
 from tasks.pipeline import histogram, store
 
 WATCH_EVERY = 0.05
 QUANTILES = (0.5, 0.9, 0.99)
-SENDERS = 16
 
 
 @dataclass
@@ -36,6 +33,7 @@ class Freshness:
     ceiling_per_s: float | None = None  # when the rate is a share of it
     sent_per_s: float = 0.0  # achieved
     events: int = 0
+    bare_clients: dict[str, float] = field(default_factory=dict)  # 2 bare clients at the same rate: age at receipt
     outside: dict[str, float] = field(default_factory=dict)  # p50, p90, p99, max: seconds
     histogram: dict[str, float] = field(default_factory=dict)  # p50, p90, p99; max: its bucket's bound
 
@@ -107,28 +105,14 @@ class Watch:
         self._thread.join()
 
 
-def send_steadily(bodies: list[str], rate: float, watch: Watch) -> float:
-    """Send ten bodies per call on a fixed schedule; returns the rate achieved."""
-    sqs, url = aws.client("sqs"), aws.queue_url(config.SOURCE_QUEUE)
-
-    def send(chunk: list[str]) -> None:
-        at = time.time()
-        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
-        response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
-        watch.sent([entry["MessageId"] for entry in response.get("Successful", [])], at)
-
-    chunks = aws.chunks(bodies)
-    started = time.monotonic()
-    with ThreadPoolExecutor(SENDERS) as pool:
-        for n, chunk in enumerate(chunks):
-            time.sleep(max(0.0, started + n * 10 / rate - time.monotonic()))
-            pool.submit(send, chunk)
-    return len(bodies) / (time.monotonic() - started)
-
-
-def wait_for_first_fetch(conn: store.Connection, timeout: float = 60) -> None:
+def wait_for_a_fetch(conn: store.Connection, since: float, timeout: float = 60) -> None:
+    """Until a fetch that started after `since` (unix seconds) has ended: the worker is up
+    and receiving, so that the load meets a running pipeline, not its start-up."""
     deadline = time.monotonic() + timeout
-    while store.ledger(conn).last_fetch is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        last = store.ledger(conn).last_fetch
+        if last is not None and last > since:
+            return
         time.sleep(0.2)
 
 
@@ -141,14 +125,16 @@ def measure(rate: str, seconds: float) -> Freshness:
     per_s = float(rate.rstrip("%")) / 100 * best.per_s if best else float(rate)
     bodies = seed.bodies(round(per_s * seconds), valid_only=True)
     result = Freshness(rate=round(per_s, 1), seconds=seconds, ceiling_per_s=best.per_s if best else None)
+    result.bare_clients = outside_quantiles(ceiling.under_load(bodies, per_s))
     conn = store.connect(config.database_url())
     commands = {"worker": runner.worker_command(), "beat": runner.beat_command()}
+    started = time.time()
     with runner.processes(commands):
-        wait_for_first_fetch(conn)
+        wait_for_a_fetch(conn, started)
         before = store.ledger(conn).freshness_counts
         watch = Watch()
         watch.start()
-        result.sent_per_s = round(send_steadily(bodies, per_s, watch), 1)
+        result.sent_per_s = round(seed.send_steadily(config.SOURCE_QUEUE, bodies, per_s, watch.sent), 1)
         watch.wait_for_all(timeout=120)
         after = store.ledger(conn).freshness_counts
     conn.close()
@@ -168,6 +154,7 @@ def report(result: Freshness) -> str:
     lines = [
         f"rate                   {result.rate:,.0f} events/s asked, {result.sent_per_s:,.0f} sent{share}",
         f"events                 {result.events:,} rows over {result.seconds:.0f} s",
+        "bare clients, receipt  " + ", ".join(f"{k} {v:.3f} s" for k, v in result.bare_clients.items()),
         "freshness, outside     " + ", ".join(f"{k} {v:.3f} s" for k, v in result.outside.items()),
         "freshness, histogram   "
         + ", ".join(f"{k} {v:.3f} s" for k, v in result.histogram.items() if k != "max")

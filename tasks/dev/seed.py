@@ -13,12 +13,13 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tasks.broker import aws
 
+PACED_SENDERS = 16  # calls in flight, so that a slow call never holds the schedule back
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample_data.json"
 LOCALES = ["RU", "PH", "ID", "FR", "CN", "PT", "US", "BR", "DE", "NG", "PL", "SE", None, None, None]
 # (body, valid) of each kind of anomaly; None fields are valid, the rest are not.
@@ -92,3 +93,24 @@ def send(queue: str, bodies: list[str], threads: int = 8) -> int:
 
     with ThreadPoolExecutor(threads) as pool:
         return sum(pool.map(send_chunk, aws.chunks(bodies)))
+
+
+def send_steadily(
+    queue: str, bodies: list[str], rate: float, on_sent: Callable[[list[str], float], None] = lambda ids, at: None
+) -> float:
+    """Send ten bodies per call on a fixed schedule of `rate` events a second; each call's
+    message ids go to `on_sent` with the time its send began. Returns the rate achieved."""
+    sqs, url = aws.client("sqs"), aws.queue_url(queue)
+
+    def send_chunk(chunk: list[str]) -> None:
+        at = time.time()
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
+        response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        on_sent([entry["MessageId"] for entry in response.get("Successful", [])], at)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(PACED_SENDERS) as pool:
+        for n, chunk in enumerate(aws.chunks(bodies)):
+            time.sleep(max(0.0, started + n * 10 / rate - time.monotonic()))
+            pool.submit(send_chunk, chunk)
+    return len(bodies) / (time.monotonic() - started)

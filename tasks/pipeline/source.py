@@ -127,8 +127,9 @@ class Received:
 
 
 @cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqs")
+def _pool(workers: int, purpose: str) -> ThreadPoolExecutor:
+    """Threads for one kind of call: receives never queue behind deletes."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sqs-{purpose}")
 
 
 def _received(raw: object, keys: KeyRing) -> Received | None:
@@ -191,7 +192,7 @@ class SourceQueue:
         calls = [min(10, count - i) for i in range(0, count, 10)][: self.receivers]
         if len(calls) == 1:
             return self.receive(calls[0], wait)
-        results = _pool(self.receivers).map(lambda n: self.receive(n, wait), calls)
+        results = _pool(self.receivers, "receive").map(lambda n: self.receive(n, wait), calls)
         return [message for result in results for message in result]
 
     def _delete_chunk(self, chunk: list[Received]) -> int:
@@ -200,7 +201,7 @@ class SourceQueue:
 
     def delete_later(self, received: list[Received]) -> list[Future[int]]:
         """Start deleting handed-off messages in the background (ten per call)."""
-        return [_pool(self.receivers).submit(self._delete_chunk, chunk) for chunk in aws.chunks(received)]
+        return [_pool(self.receivers, "delete").submit(self._delete_chunk, chunk) for chunk in aws.chunks(received)]
 
     def delete(self, received: list[Received]) -> int:
         """Delete handed-off messages; returns how many SQS did not delete."""
