@@ -71,7 +71,15 @@ def _new_client(service: str, client_config: Config) -> Any:
     if config.AWS_ACCESS_KEY_ID:
         options["aws_access_key_id"] = config.AWS_ACCESS_KEY_ID
         options["aws_secret_access_key"] = config.AWS_SECRET_ACCESS_KEY
-    return boto3.session.Session().client(service, **options)
+    made = boto3.session.Session().client(service, **options)
+    made.meta.events.register("before-send", _keep_alive)
+    return made
+
+
+def _keep_alive(request: Any, **_: Any) -> None:
+    """Ask for keep-alive by name: LocalStack's hypercorn closes any other connection after
+    one request, so every call would pay a new TCP connection (real SQS keeps them anyway)."""
+    request.headers["Connection"] = "keep-alive"
 
 
 def client_without_validation(service: str) -> Any:
