@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     SQS_LEAN_CALLS: Flag = _setting(
         True,
         "the fetch's `ReceiveMessage` and `DeleteMessageBatch` as lean signed requests, not botocore's"
-        " (tasks/broker/lean_sqs.py: a tenth of the CPU per call)",
+        " (tasks/broker/lean_sqs.py: about a third of the CPU per call)",
     )
     SOURCE_VISIBILITY_TIMEOUT: int = _setting(
         60, "seconds a received source message stays hidden until its batch is handed off", ge=1, le=43_200

@@ -106,7 +106,16 @@ def test_each_metric_moves_on_a_running_pipeline(clean, metrics_server) -> None:
     worker = Worker(f"metrics-{free_port()}", beat=True)
     try:
         counted = len(bodies)
-        after = scrape_until(port, lambda s: value(s, "login_pipeline_received_total") >= counted, 120, "the events")
+        # beat's tick is a fetch's start, noted when that fetch ends (it long-polls for a while)
+        after = scrape_until(
+            port,
+            lambda s: (
+                value(s, "login_pipeline_received_total") >= counted
+                and value(s, "login_pipeline_beat_last_tick_timestamp_seconds") >= started
+            ),
+            120,
+            "the events and a tick",
+        )
     finally:
         worker.stop()
 

@@ -31,7 +31,7 @@ FOREIGN_OPTIONS = {
 ROOT_OPTIONS = {"--debug", "--version", "--help"}
 # Spans that are another program's command line: their options are that program's.
 FOREIGN_COMMANDS = re.compile(
-    r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make|kubectl|promtool|prometheus|aws|psql)\b"
+    r"\b(celery|flower|pip|pip-audit|pytest|docker|curl|make|kubectl|promtool|prometheus|aws|psql|py-spy)\b"
 )
 INVOCATION = re.compile(r"python -m tasks\b(.*)")
 
