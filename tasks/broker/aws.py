@@ -9,6 +9,7 @@ are held at INFO whatever the log level (`quiet_botocore`, run on import), so
 from __future__ import annotations
 
 import logging
+import os
 from functools import cache
 from typing import Any
 
@@ -45,11 +46,19 @@ def client(service: str) -> Any:
     return _new_client(service, CLIENT_CONFIG)
 
 
+# boto3 honours these; the lean calls do not, so with any of them set they are not used.
+PROXY_OR_CA_SETTINGS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE")
+
+
 @cache
-def lean_sqs() -> LeanSQS:
+def lean_sqs() -> Any:
     """The fetch's ReceiveMessage and DeleteMessageBatch without botocore's CPU cost
-    (tasks.broker.lean_sqs), with the SQS client's endpoint, region and credentials."""
+    (tasks.broker.lean_sqs), with the SQS client's endpoint, region and credentials; the
+    boto3 client itself where a proxy or a CA bundle is configured."""
     sqs = client("sqs")
+    if any(os.environ.get(name) for name in PROXY_OR_CA_SETTINGS):
+        logging.getLogger(__name__).info("a proxy or CA bundle is configured: the fetch's SQS calls go through boto3")
+        return sqs
     return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials())
 
 

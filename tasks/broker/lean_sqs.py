@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import random
 import threading
 import time
 from datetime import UTC, datetime
@@ -37,7 +38,11 @@ CONTENT_TYPE = "application/x-amz-json-1.0"
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "sqs"
 ATTEMPTS = 3  # as botocore's standard retry mode
-TIMEOUT = 25.0  # seconds, above the longest long poll (20 s)
+CONNECT_TIMEOUT = 3.0  # seconds, as the boto3 clients (tasks.broker.aws)
+READ_TIMEOUT = 25.0  # seconds, above the longest long poll (20 s)
+BACKOFF_BASE = 0.05  # seconds; attempt n sleeps up to BACKOFF_BASE * 2**n
+# A kept connection the server closed while it was idle fails like this on its next request.
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 THROTTLING = frozenset({"ThrottlingException", "RequestThrottled", "Throttling", "RequestLimitExceeded"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -96,6 +101,12 @@ def error_of(operation: str, status: int, payload: bytes, query_error: str | Non
     )
 
 
+def retryable(error: ClientError) -> bool:
+    """A 5xx or throttling: worth another attempt, as botocore's standard mode judges."""
+    status = error.response["ResponseMetadata"]["HTTPStatusCode"]
+    return status in RETRYABLE_STATUS or error.response["Error"]["Code"] in THROTTLING
+
+
 class LeanSQS:
     """ReceiveMessage and DeleteMessageBatch with boto3's arguments and answers."""
 
@@ -123,25 +134,47 @@ class LeanSQS:
         return body, signed_headers(self.host, self.region, frozen, operation, body, now)
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call, retried as botocore's standard mode retries: up to ATTEMPTS times on a
+        connection failure, a 5xx or throttling, with jittered exponential backoff. A kept
+        connection that the server had closed meanwhile is replaced at once, uncounted."""
         for attempt in range(1, ATTEMPTS + 1):
-            body, headers = self.request(operation, params, datetime.now(UTC))
             try:
-                status, payload, query_error = self._send(body, headers)
+                return self._answer(operation, self._send_fresh_if_stale(operation, params))
+            except ClientError as error:
+                status = error.response["ResponseMetadata"]["HTTPStatusCode"]
+                if attempt == ATTEMPTS or not (
+                    status in RETRYABLE_STATUS or error.response["Error"]["Code"] in THROTTLING
+                ):
+                    raise
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
                 if attempt == ATTEMPTS:
-                    raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=exc) from None
-                time.sleep(0.05 * attempt)
-                continue
-            if status == 200:
-                answer: dict[str, Any] = json.loads(payload)
-                return answer
-            error = error_of(operation, status, payload, query_error)
-            retryable = status in RETRYABLE_STATUS or error.response["Error"]["Code"] in THROTTLING
-            if not retryable or attempt == ATTEMPTS:
-                raise error
-            time.sleep(0.05 * attempt)
+                    raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=type(exc).__name__) from None
+            time.sleep(random.uniform(0, BACKOFF_BASE * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_fresh_if_stale(self, operation: str, params: dict[str, Any]) -> tuple[int, bytes, str | None]:
+        reused = getattr(self._local, "connection", None) is not None
+        try:
+            return self._send(*self.request(operation, params, datetime.now(UTC)))
+        except STALE_CONNECTION:
+            if not reused:
+                raise
+            self._drop_connection()
+            return self._send(*self.request(operation, params, datetime.now(UTC)))
+
+    @staticmethod
+    def _answer(operation: str, sent: tuple[int, bytes, str | None]) -> dict[str, Any]:
+        status, payload, query_error = sent
+        if status != 200:
+            raise error_of(operation, status, payload, query_error)
+        try:
+            answer = json.loads(payload)
+        except ValueError:  # never the payload in the error: it holds raw message bodies
+            answer = None
+        if not isinstance(answer, dict):
+            raise error_of(operation, 502, b'{"__type": "#UnreadableResponse"}', None)
+        return answer
 
     def _send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         connection = self._connection()
@@ -156,7 +189,10 @@ class LeanSQS:
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
         if connection is None:
             kind = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
-            connection = self._local.connection = kind(*self.address, timeout=TIMEOUT)
+            connection = kind(*self.address, timeout=CONNECT_TIMEOUT)
+            connection.connect()
+            connection.sock.settimeout(READ_TIMEOUT)
+            self._local.connection = connection
         return connection
 
     def _drop_connection(self) -> None:

@@ -95,10 +95,10 @@ def under_load(bodies: list[str], rate: float, clients: int = 2) -> list[float]:
     """Bare clients following a steady load of `rate` events/s: each event's age when it
     was received (SentTimestamp to receipt), the floor for any consumer's freshness."""
     sqs = aws.client("sqs")
-    sqs.create_queue(QueueName=QUEUE)
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    _empty(sqs, url)  # what an interrupted run left would make the first ages wrong
     spawn = multiprocessing.get_context("spawn")
     barrier, stop, results = spawn.Barrier(clients + 1), spawn.Event(), spawn.Queue()
-    url = aws.queue_url(QUEUE)
     children = [spawn.Process(target=_follow, args=(url, barrier, stop, results), daemon=True) for _ in range(clients)]
     for child in children:
         child.start()

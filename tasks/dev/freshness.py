@@ -114,6 +114,7 @@ def wait_for_a_fetch(conn: store.Connection, since: float, timeout: float = 60) 
         if last is not None and last > since:
             return
         time.sleep(0.2)
+    raise RuntimeError(f"no fetch ran within {timeout:.0f} s of the worker's start: see .stack/logs")
 
 
 def measure(rate: str, seconds: float) -> Freshness:
@@ -139,6 +140,8 @@ def measure(rate: str, seconds: float) -> Freshness:
         after = store.ledger(conn).freshness_counts
     conn.close()
     delta = [a - b for a, b in zip(after, before + [0] * (len(after) - len(before)), strict=True)]
+    if not watch.freshness:
+        raise RuntimeError("no event became a row: see .stack/logs")
     result.events = len(watch.freshness)
     result.outside = outside_quantiles(watch.freshness)
     bounds = histogram.FRESHNESS_BOUNDS

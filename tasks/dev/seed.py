@@ -102,15 +102,20 @@ def send_steadily(
     message ids go to `on_sent` with the time its send began. Returns the rate achieved."""
     sqs, url = aws.client("sqs"), aws.queue_url(queue)
 
-    def send_chunk(chunk: list[str]) -> None:
+    def send_chunk(chunk: list[str]) -> int:
         at = time.time()
         entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
-        response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
-        on_sent([entry["MessageId"] for entry in response.get("Successful", [])], at)
+        sent = [entry["MessageId"] for entry in sqs.send_message_batch(QueueUrl=url, Entries=entries)["Successful"]]
+        on_sent(sent, at)
+        return len(sent)
 
     started = time.monotonic()
     with ThreadPoolExecutor(PACED_SENDERS) as pool:
+        calls = []
         for n, chunk in enumerate(aws.chunks(bodies)):
             time.sleep(max(0.0, started + n * 10 / rate - time.monotonic()))
-            pool.submit(send_chunk, chunk)
-    return len(bodies) / (time.monotonic() - started)
+            calls.append(pool.submit(send_chunk, chunk))
+    sent = sum(call.result() for call in calls)  # a failed call fails the run, never a silent gap
+    if sent < len(bodies):
+        raise RuntimeError(f"SQS refused {len(bodies) - sent} of {len(bodies)} messages")
+    return sent / (time.monotonic() - started)

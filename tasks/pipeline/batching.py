@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from math import ceil
 from time import monotonic, sleep
 
 from tasks.pipeline.source import Received, SourceQueue
@@ -85,20 +86,23 @@ def receive_batches(
     With `idle_wait` 0 a quiet queue ends the fetch."""
     idle_until = deadline if idle_until is None else min(idle_until, deadline)
     pending: list[Received] = []
-    oldest, quiet = 0.0, None  # quiet: whether the last receive with nothing pending found nothing
+    oldest, quiet, flowing = 0.0, None, True  # quiet: the last receive with nothing pending found nothing
     while True:
         now = monotonic()
         if pending and (len(pending) >= size or now - oldest >= max_wait or now >= deadline):
             batch, pending = cut_batch(pending, size, max_bytes)
-            oldest = now
             yield batch
-        elif pending:
-            got = source.receive_up_to(size - len(pending), 0)
-            pending += got
-            if not got:  # the queue is empty for now: the batch lingers a little
+        elif pending:  # all receivers while messages flow, one call while the queue is empty
+            got = source.receive_up_to(size - len(pending) if flowing else 10, 0)
+            pending, flowing = pending + got, bool(got)
+            if not got:  # the batch lingers a little
                 sleep(min(LINGER_PAUSE, max(0.0, oldest + max_wait - monotonic())))
         elif now >= deadline or (quiet and (now >= idle_until or not idle_wait)):
             return
-        else:  # one long poll to start and while quiet, all receivers while messages come
-            pending = source.receive_up_to(size, 0) if quiet is False else source.receive_up_to(10, idle_wait)
-            oldest, quiet = monotonic(), not pending
+        elif quiet is False:  # the last batch has gone and messages were flowing
+            pending = source.receive_up_to(size, 0)
+            oldest, quiet, flowing = monotonic(), not pending, bool(pending)
+        else:  # one long poll to start and while quiet, ending about when the next fetch starts
+            wait = min(idle_wait, max(1, ceil(idle_until - now)))
+            pending = source.receive_up_to(10, wait)
+            oldest, quiet, flowing = monotonic(), not pending, bool(pending)

@@ -21,10 +21,12 @@ class FakeSource:
     def __init__(self, messages: list[Received], per_call: int = 10, delay: float = 0.0) -> None:
         self.messages, self.per_call, self.waits, self.delay = list(messages), per_call, [], delay
         self.arrivals: dict[int, list[Received]] = {}  # call number -> messages that arrive then
+        self.counts: list[int] = []
 
     def receive_up_to(self, count: int, wait: int = 0) -> list[Received]:
         self.messages += self.arrivals.pop(len(self.waits), [])
         self.waits.append(wait)
+        self.counts.append(count)
         if wait and not self.messages:
             time.sleep(0.1)  # a long poll, shortened
         time.sleep(self.delay)
@@ -85,6 +87,27 @@ def test_a_message_that_arrives_during_a_long_poll_is_handed_off_within_max_wait
     source.arrivals = {3: [received(0)]}  # arrives with the fourth quiet poll
     batches = list(receive_batches(source, 500, 10**6, started + 60, idle_until=started + 0.5, max_wait=0.1))  # type: ignore[arg-type]
     assert [[r.message.message_id for r in b.messages] for b in batches] == [["m-0"]]
+
+
+def test_a_lingering_batch_asks_with_one_call_while_the_queue_is_empty() -> None:
+    source = FakeSource([received(n) for n in range(30)])
+    now = time.monotonic()
+    batches = list(receive_batches(source, 500, 10**6, now + 60, idle_until=now, max_wait=0.2))  # type: ignore[arg-type]
+    assert [len(b.messages) for b in batches] == [30]
+    # the long poll, two rounds that find messages, one that does not, then single calls of ten
+    # until the batch goes, and a last round after it
+    assert (
+        source.counts[:3] == [10, 490, 480]
+        and set(source.counts[4:-1]) == {10}
+        and len(source.counts) <= 5 + 0.2 / 0.02 + 2
+    )
+
+
+def test_a_quiet_long_poll_ends_about_when_the_next_fetch_starts() -> None:
+    source = FakeSource([])
+    now = time.monotonic()
+    list(receive_batches(source, 10, 10**6, now + 60, idle_until=now + 1.5, idle_wait=20))  # type: ignore[arg-type]
+    assert source.waits and max(source.waits) <= 2
 
 
 def test_a_batch_is_handed_off_when_its_oldest_message_has_waited_max_wait() -> None:

@@ -86,3 +86,68 @@ def test_an_error_carries_the_code_botocore_would_give() -> None:
     assert error_of("ReceiveMessage", 400, b'{"__type": "x#ThrottlingException"}', None).response["Error"]["Code"] == (
         "ThrottlingException"
     )
+
+
+class Server:
+    """A loopback HTTP server that answers each request with the next canned answer and,
+    with `close`, drops the connection after it without saying so (as a server whose idle
+    timeout ran out does). LocalStack cannot be made to do either on cue."""
+
+    def __init__(self, answers: list[tuple[int, bytes]], close: bool) -> None:
+        import socket
+        import threading
+
+        self.answers, self.close, self.requests = list(answers), close, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            connection, _ = self.listener.accept()
+            with connection:
+                while self.answers and self._answer(connection):
+                    if self.close:
+                        break
+
+    def _answer(self, connection: Any) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        while len(body) < length:
+            body += connection.recv(65536)
+        self.requests += 1
+        status, payload = self.answers.pop(0)
+        connection.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(payload), payload))
+        return True
+
+
+def lean_at(url: str) -> LeanSQS:
+    return LeanSQS(url, "us-east-1", Credentials("AKID", "secret"))
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced_without_spending_an_attempt() -> None:
+    server = Server([(200, b'{"Messages": []}')] * 3, close=True)
+    lean = lean_at(server.url)
+    for _ in range(3):  # each call after the first finds its kept connection closed
+        assert lean.receive_message(QueueUrl="q") == {"Messages": []}
+    assert server.requests == 3
+
+
+def test_a_5xx_is_retried_and_an_unreadable_answer_is_an_error_without_the_payload() -> None:
+    server = Server([(503, b"busy"), (200, b'{"Messages": []}')], close=False)
+    assert lean_at(server.url).receive_message(QueueUrl="q") == {"Messages": []} and server.requests == 2
+
+    garbage = b'{"Messages": [{"Body": "{\\"ip\\": \\"203.0.113.9\\"'  # cut short
+    server = Server([(200, garbage)] * 3, close=False)
+    with pytest.raises(ClientError) as failed:
+        lean_at(server.url).receive_message(QueueUrl="q")
+    assert server.requests == 3 and "203.0.113.9" not in repr(failed.value.__dict__) + str(failed.value)
+    assert failed.value.__cause__ is None and failed.value.__context__ is None
