@@ -12,6 +12,8 @@ import logging
 import os
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import boto3
 from botocore.config import Config
@@ -46,20 +48,18 @@ def client(service: str) -> Any:
     return _new_client(service, CLIENT_CONFIG)
 
 
-# boto3 honours these; the lean calls do not, so with any of them set they are not used.
-PROXY_OR_CA_SETTINGS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE")
-
-
 @cache
 def lean_sqs() -> Any:
     """The fetch's ReceiveMessage and DeleteMessageBatch without botocore's CPU cost
-    (tasks.broker.lean_sqs), with the SQS client's endpoint, region and credentials; the
-    boto3 client itself where a proxy or a CA bundle is configured."""
+    (tasks.broker.lean_sqs), with the SQS client's endpoint, region, credentials and CA
+    bundle (AWS_CA_BUNDLE); the boto3 client itself where a proxy applies to the endpoint."""
     sqs = client("sqs")
-    if any(os.environ.get(name) for name in PROXY_OR_CA_SETTINGS):
-        logging.getLogger(__name__).info("a proxy or CA bundle is configured: the fetch's SQS calls go through boto3")
+    endpoint = urlsplit(sqs.meta.endpoint_url)
+    if endpoint.scheme in getproxies() and not proxy_bypass(endpoint.hostname or ""):
+        logging.getLogger(__name__).info("a proxy applies to SQS: the fetch's SQS calls go through boto3")
         return sqs
-    return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials())
+    ca_bundle = os.environ.get("AWS_CA_BUNDLE") or None
+    return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials(), ca_bundle=ca_bundle)
 
 
 def credentials() -> Any:

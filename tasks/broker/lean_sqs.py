@@ -24,6 +24,7 @@ import hmac
 import http.client
 import json
 import random
+import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -110,10 +111,10 @@ def retryable(error: ClientError) -> bool:
 class LeanSQS:
     """ReceiveMessage and DeleteMessageBatch with boto3's arguments and answers."""
 
-    def __init__(self, endpoint_url: str, region: str, credentials: Any) -> None:
+    def __init__(self, endpoint_url: str, region: str, credentials: Any, ca_bundle: str | None = None) -> None:
         parts = urlsplit(endpoint_url)
+        self.tls = ssl.create_default_context(cafile=ca_bundle) if parts.scheme == "https" else None
         self.endpoint_url = endpoint_url
-        self.secure = parts.scheme == "https"
         self.address = (parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme])
         # botocore's Host: the port only when it is not the scheme's own
         self.host = parts.netloc if parts.port not in (None, DEFAULT_PORTS[parts.scheme]) else parts.hostname or ""
@@ -188,8 +189,10 @@ class LeanSQS:
     def _connection(self) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
         if connection is None:
-            kind = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
-            connection = kind(*self.address, timeout=CONNECT_TIMEOUT)
+            if self.tls is not None:
+                connection = http.client.HTTPSConnection(*self.address, timeout=CONNECT_TIMEOUT, context=self.tls)
+            else:
+                connection = http.client.HTTPConnection(*self.address, timeout=CONNECT_TIMEOUT)
             connection.connect()
             connection.sock.settimeout(READ_TIMEOUT)
             self._local.connection = connection
