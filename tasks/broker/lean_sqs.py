@@ -4,7 +4,7 @@ botocore spends about 1 ms of CPU on every call (parameter validation, event hoo
 endpoint rules, retry bookkeeping, parsing the response into its shapes). A fetch makes
 two calls per ten messages, so botocore alone would cost the worker about 200 µs per
 event, more than all the pipeline's own work. `LeanSQS` makes the same two calls for
-about a third of that (371 against 1,133 µs for a receive of ten, docs/performance.md):
+about a third of that (362 against 1,158 µs for a receive of ten, docs/performance.md):
 SQS's JSON protocol (the one botocore speaks to SQS), signed with
 Signature Version 4 from the boto3 client's own endpoint, region and credentials, over
 one keep-alive HTTP connection per thread (asked for by name: LocalStack closes every
