@@ -9,13 +9,13 @@ are held at INFO whatever the log level (`quiet_botocore`, run on import), so
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import NoCredentialsError
@@ -52,13 +52,14 @@ def client(service: str) -> Any:
 def lean_sqs() -> Any:
     """The fetch's ReceiveMessage and DeleteMessageBatch without botocore's CPU cost
     (tasks.broker.lean_sqs), with the SQS client's endpoint, region, credentials and CA
-    bundle (AWS_CA_BUNDLE); the boto3 client itself where a proxy applies to the endpoint."""
+    bundle (botocore's `ca_bundle`: AWS_CA_BUNDLE or the config file); the boto3 client
+    itself where a proxy applies to the endpoint."""
     sqs = client("sqs")
     endpoint = urlsplit(sqs.meta.endpoint_url)
     if endpoint.scheme in getproxies() and not proxy_bypass(endpoint.hostname or ""):
         logging.getLogger(__name__).info("a proxy applies to SQS: the fetch's SQS calls go through boto3")
         return sqs
-    ca_bundle = os.environ.get("AWS_CA_BUNDLE") or None
+    ca_bundle = botocore.session.get_session().get_config_variable("ca_bundle")  # as boto3 resolves it
     return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials(), ca_bundle=ca_bundle)
 
 
