@@ -38,10 +38,8 @@ def _drain(url: str, barrier: Any, results: Any) -> None:
     sqs = aws.client("sqs")
     sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])  # connected and warm
     barrier.wait()
-    moved, cpu = 0, time.process_time()
-    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-        sqs.delete_message_batch(QueueUrl=url, Entries=_entries(got))
-        moved += len(got)
+    cpu = time.process_time()
+    moved = _empty(sqs, url)
     results.put((moved, time.process_time() - cpu, time.monotonic()))
 
 
@@ -144,9 +142,13 @@ def call_cpu_us(bodies: list[str], calls: int = 300) -> dict[str, float]:
     return costs
 
 
-def _empty(sqs: Any, url: str) -> None:
+def _empty(sqs: Any, url: str) -> int:
+    """Receive ten and delete ten until the queue is empty; how many were moved."""
+    moved = 0
     while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
         sqs.delete_message_batch(QueueUrl=url, Entries=_entries(got))
+        moved += len(got)
+    return moved
 
 
 def _entries(messages: list[dict[str, Any]]) -> list[dict[str, str]]:

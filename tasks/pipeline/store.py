@@ -118,7 +118,7 @@ def _copy_text(value: object) -> str:
     if value is None:
         return r"\N"
     text = str(value)
-    return NEEDS_ESCAPE.sub(lambda found: COPY_ESCAPES[found.group()], text) if NEEDS_ESCAPE.search(text) else text
+    return NEEDS_ESCAPE.sub(lambda found: COPY_ESCAPES[found.group()], text)
 
 
 def insert_new(cur: Cursor, rows: Sequence[MaskedRow]) -> list[str]:
