@@ -81,14 +81,18 @@ def _new_client(service: str, client_config: Config) -> Any:
     if config.AWS_ACCESS_KEY_ID:
         options["aws_access_key_id"] = config.AWS_ACCESS_KEY_ID
         options["aws_secret_access_key"] = config.AWS_SECRET_ACCESS_KEY
-    made = boto3.session.Session().client(service, **options)
-    made.meta.events.register("before-send", _keep_alive)
-    return made
+    return asking_keep_alive(boto3.session.Session().client(service, **options))
+
+
+def asking_keep_alive(client: Any) -> Any:
+    """`client`, asking for keep-alive by name on every request: LocalStack's hypercorn
+    closes any other connection after one request, so every call would pay a new TCP
+    connection, on both sides (real SQS and SNS keep connections anyway)."""
+    client.meta.events.register("before-send", _keep_alive)
+    return client
 
 
 def _keep_alive(request: Any, **_: Any) -> None:
-    """Ask for keep-alive by name: LocalStack's hypercorn closes any other connection after
-    one request, so every call would pay a new TCP connection (real SQS keeps them anyway)."""
     request.headers["Connection"] = "keep-alive"
 
 

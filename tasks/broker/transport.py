@@ -38,6 +38,9 @@ box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
    ``self.connection.polling_interval`` of a closed channel: the AttributeError came
    through the hub's timer and left the worker hanging after ``Warm shutdown``. A closed
    channel schedules nothing more, and makes what it still received visible again.
+7. kombu's own boto3 clients (the hand-off's SendMessage, acks, events through SNS) ask
+   for keep-alive by name, as the app's clients do (tasks/broker/aws.py): LocalStack
+   closed their connection after every call, and each call paid a new one.
 
 Every SQS call the broker makes has bounded timeouts and retries (the transport option
 ``client-config``, set in celeryconfig), so no call can hold a shutdown for minutes.
@@ -55,7 +58,7 @@ process exits are closed then. A process killed outright
 leaves its queues to `python -m tasks sweep`.
 
 kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
-against the installed kombu): ``Channel._lookup``, ``Channel._put``,
+against the installed kombu): ``Channel._lookup``, ``Channel._put``, ``Channel._new_boto_client``,
 ``Channel._delete_message``, ``Channel._on_messages_ready``, ``Channel._release_messages``,
 ``Channel._loop1``, ``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
 ``Channel.after_reply_message_received``, ``Channel.canonical_queue_name``,
@@ -77,6 +80,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from kombu.transport import SQS
+
+from tasks.broker.aws import asking_keep_alive
 
 log = logging.getLogger(__name__)
 REPLY_EXCHANGE_SUFFIX = ".pidbox"
@@ -149,6 +154,11 @@ class Channel(SQS.Channel):
             bound = [queue for key, _, queue in self.get_table(exchange) if key == routing_key]
             return bound or [f"{routing_key}.{exchange}"]  # the waiting client bound it, not us
         return super()._lookup(exchange, routing_key, default)
+
+    def _new_boto_client(self, *args: Any, **kwargs: Any) -> Any:
+        """kombu's own clients (the hand-off's SendMessage, acks, events through SNS) keep
+        their connections too (point 7)."""
+        return asking_keep_alive(super()._new_boto_client(*args, **kwargs))
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         """Send a message; a reply only to a reply queue that still exists (point 3)."""

@@ -21,6 +21,15 @@ from tasks.broker.transport import Channel, is_reply_exchange, is_reply_queue
 KOMBU_INTERNALS = {
     (SQS.Channel, "_lookup"): ["self", "exchange", "routing_key", "default"],
     (SQS.Channel, "_put"): ["self", "queue", "message", "kwargs"],
+    (SQS.Channel, "_new_boto_client"): [
+        "self",
+        "service",
+        "region",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "config",
+    ],
     (SQS.Channel, "canonical_queue_name"): ["self", "queue_name"],
     (SQS.Channel, "_delete_message"): ["self", "queue_name", "message"],
     (SQS.Channel, "_on_messages_ready"): ["self", "queue", "qname", "messages"],
@@ -49,6 +58,31 @@ def bare_channel(**attributes: Any) -> Channel:
     for name, value in attributes.items():
         setattr(channel, name, value)
     return channel
+
+
+class Sent(Exception):
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+
+@pytest.mark.parametrize("service", ["sns", "sqs"])
+def test_kombus_own_clients_ask_for_keep_alive(service: str) -> None:
+    """Events (SNS), the hand-off's SendMessage and acks (SQS) keep their connection."""
+    options = {"client-config": {}, "is_secure": False}
+    broker = SimpleNamespace(transport_options=options, hostname="127.0.0.1", port=4566)
+    channel = bare_channel(connection=SimpleNamespace(client=broker))
+    client = channel._new_boto_client(service, "eu-west-1", "key", "secret")
+
+    def stop(request: Any, **_: Any) -> None:
+        raise Sent(request)
+
+    client.meta.events.register("before-send", stop)  # after the transport's own handler
+    with pytest.raises(Sent) as sent:
+        if service == "sns":
+            client.publish(TopicArn="arn:aws:sns:eu-west-1:000000000000:celeryev", Message="{}")
+        else:
+            client.send_message(QueueUrl="http://127.0.0.1:4566/000000000000/batches", MessageBody="{}")
+    assert sent.value.request.headers["Connection"] == "keep-alive"
 
 
 def test_a_reply_goes_to_its_bound_queue_or_to_the_one_named_after_its_routing_key() -> None:
