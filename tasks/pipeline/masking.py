@@ -59,7 +59,10 @@ def normalise_ip(value: str) -> tuple[str, bool]:
     """
     text = value.strip()
     if quad := _DOTTED_QUAD.fullmatch(text):
-        text = ".".join(str(int(part)) for part in quad.groups())
+        octets = [int(part) for part in quad.groups()]
+        text = ".".join(map(str, octets))
+        if max(octets) <= 255:  # an IPv4 address, and this is its canonical text
+            return text, True
     if not text.isascii():
         return text, False
     try:
