@@ -4,14 +4,15 @@ botocore spends about 1 ms of CPU on every call (parameter validation, event hoo
 endpoint rules, retry bookkeeping, parsing the response into its shapes). A fetch makes
 two calls per ten messages, so botocore alone would cost the worker about 200 µs per
 event, more than all the pipeline's own work. `LeanSQS` makes the same two calls for
-about a third of that (362 against 1,158 µs for a receive of ten, docs/performance.md):
-SQS's JSON protocol (the one botocore speaks to SQS), signed with
-Signature Version 4 from the boto3 client's own endpoint, region and credentials, over
-one keep-alive HTTP connection per thread (asked for by name: LocalStack closes every
-other connection after one request). It answers with the response's JSON, which
-has the keys botocore's parsed response has, and fails with botocore's own exceptions
-(`ClientError` with SQS's error code, `EndpointConnectionError`), so a caller cannot tell
-which client it used. Every other SQS call goes through boto3.
+a quarter of that (see "Where the CPU goes" in docs/performance.md): SQS's JSON
+protocol (the one botocore speaks to SQS), signed with Signature Version 4 from the
+boto3 client's own endpoint, region and credentials, sent by libcurl (pycurl, which
+kombu's SQS transport needs anyway) over one keep-alive connection per thread (asked
+for by name: LocalStack closes every other connection after one request); libcurl
+parses the response's head in C, where http.client cost more CPU than the signing. It
+answers with the response's JSON, which has the keys botocore's parsed response has,
+and fails with botocore's own exceptions (`ClientError` with SQS's error code,
+`EndpointConnectionError`), so a caller cannot tell which client it used. Every other SQS call goes through boto3.
 
 tests/unit/test_lean_sqs.py holds each request, body, headers and signature, against
 the one botocore makes for the same call at the same moment: botocore is the oracle.
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
+import io
 import json
 import random
-import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import pycurl
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -42,8 +43,9 @@ ATTEMPTS = 3  # as botocore's standard retry mode
 CONNECT_TIMEOUT = 3.0  # seconds, as the boto3 clients (tasks.broker.aws)
 READ_TIMEOUT = 25.0  # seconds, above the longest long poll (20 s)
 BACKOFF_BASE = 0.05  # seconds; attempt n sleeps up to BACKOFF_BASE * 2**n
-# A kept connection the server closed while it was idle fails like this on its next request.
-STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# Asked for by name (LocalStack closes other connections after one request); no
+# "Expect: 100-continue" wait before a body over 1 KiB, such as a DeleteMessageBatch's.
+EXTRA_HEADERS = ["connection: keep-alive", "expect:"]
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 THROTTLING = frozenset({"ThrottlingException", "RequestThrottled", "Throttling", "RequestLimitExceeded"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -113,9 +115,8 @@ class LeanSQS:
 
     def __init__(self, endpoint_url: str, region: str, credentials: Any, ca_bundle: str | None = None) -> None:
         parts = urlsplit(endpoint_url)
-        self.tls = ssl.create_default_context(cafile=ca_bundle) if parts.scheme == "https" else None
+        self.ca_bundle = ca_bundle
         self.endpoint_url = endpoint_url
-        self.address = (parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme])
         # botocore's Host: the port only when it is not the scheme's own
         self.host = parts.netloc if parts.port not in (None, DEFAULT_PORTS[parts.scheme]) else parts.hostname or ""
         self.region = region
@@ -136,33 +137,19 @@ class LeanSQS:
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One call, retried as botocore's standard mode retries: up to ATTEMPTS times on a
-        connection failure, a 5xx or throttling, with jittered exponential backoff. A kept
-        connection that the server had closed meanwhile is replaced at once, uncounted."""
+        connection failure, a 5xx or throttling, with jittered exponential backoff. (A kept
+        connection that the server had closed meanwhile libcurl replaces by itself.)"""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._answer(operation, self._send_fresh_if_stale(operation, params))
+                return self._answer(operation, self._send(*self.request(operation, params, datetime.now(UTC))))
             except ClientError as error:
-                status = error.response["ResponseMetadata"]["HTTPStatusCode"]
-                if attempt == ATTEMPTS or not (
-                    status in RETRYABLE_STATUS or error.response["Error"]["Code"] in THROTTLING
-                ):
+                if attempt == ATTEMPTS or not retryable(error):
                     raise
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop_connection()
-                if attempt == ATTEMPTS:
-                    raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=type(exc).__name__) from None
+            except pycurl.error as exc:
+                if attempt == ATTEMPTS:  # curl's own words: they name the failure, never a body
+                    raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=exc.args[-1]) from None
             time.sleep(random.uniform(0, BACKOFF_BASE * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _send_fresh_if_stale(self, operation: str, params: dict[str, Any]) -> tuple[int, bytes, str | None]:
-        reused = getattr(self._local, "connection", None) is not None
-        try:
-            return self._send(*self.request(operation, params, datetime.now(UTC)))
-        except STALE_CONNECTION:
-            if not reused:
-                raise
-            self._drop_connection()
-            return self._send(*self.request(operation, params, datetime.now(UTC)))
 
     @staticmethod
     def _answer(operation: str, sent: tuple[int, bytes, str | None]) -> dict[str, Any]:
@@ -178,28 +165,35 @@ class LeanSQS:
         return answer
 
     def _send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
-        connection = self._connection()
-        connection.request("POST", "/", body, {**headers, "connection": "keep-alive"})
-        response = connection.getresponse()
-        payload = response.read()
-        if response.will_close:
-            self._drop_connection()
-        return response.status, payload, response.getheader("x-amzn-query-error")
+        curl, answer = self._curl(), io.BytesIO()
+        head: list[bytes] = []
+        curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in headers.items()] + EXTRA_HEADERS)
+        curl.setopt(pycurl.POSTFIELDS, body)
+        curl.setopt(pycurl.WRITEDATA, answer)
+        curl.setopt(pycurl.HEADERFUNCTION, head.append)
+        curl.perform()
+        return curl.getinfo(pycurl.RESPONSE_CODE), answer.getvalue(), query_error(head)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            if self.tls is not None:
-                connection = http.client.HTTPSConnection(*self.address, timeout=CONNECT_TIMEOUT, context=self.tls)
-            else:
-                connection = http.client.HTTPConnection(*self.address, timeout=CONNECT_TIMEOUT)
-            connection.connect()
-            connection.sock.settimeout(READ_TIMEOUT)
-            self._local.connection = connection
-        return connection
+    def _curl(self) -> pycurl.Curl:
+        """This thread's handle: libcurl keeps its connection alive between calls."""
+        curl: pycurl.Curl | None = getattr(self._local, "curl", None)
+        if curl is None:
+            curl = self._local.curl = pycurl.Curl()
+            curl.setopt(pycurl.URL, f"{self.endpoint_url.rstrip('/')}/")
+            curl.setopt(pycurl.POST, 1)
+            curl.setopt(pycurl.NOSIGNAL, 1)  # timeouts without signals: safe on any thread
+            curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(CONNECT_TIMEOUT * 1000))
+            curl.setopt(pycurl.TIMEOUT_MS, int(READ_TIMEOUT * 1000))
+            curl.setopt(pycurl.PROXY, "")  # aws.lean_sqs gives way to boto3 where a proxy applies
+            if self.ca_bundle:
+                curl.setopt(pycurl.CAINFO, self.ca_bundle)
+        return curl
 
-    def _drop_connection(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            connection.close()
+
+def query_error(head: list[bytes]) -> str | None:
+    """The ``x-amzn-query-error`` header among the response's header lines, if any."""
+    for line in head:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"x-amzn-query-error":
+            return value.strip().decode("latin-1")
+    return None
