@@ -1,5 +1,5 @@
 """`python -m tasks dev`: the developer's commands (tasks/dev), which the production image
-does not carry: the embedded stack, seed data, run, bench, faults, conformance, docs.
+does not carry: the embedded stack, seed data, run, bench, writers, capacity, faults, conformance, docs.
 
 Each imports tasks.dev only when it runs; where tasks/dev is missing, the command says
 so in one line (exit 2) instead of failing on import.
@@ -19,7 +19,7 @@ from tasks.ops.failures import ChildFailed, Exit
 
 @click.group()
 def dev() -> None:
-    """Development commands: embedded stack, seed data, run, bench, faults (not in the image)."""
+    """Development commands: embedded stack, seed data, run, bench, writers, capacity, faults (not in the image)."""
 
 
 @dev.group()
@@ -146,6 +146,159 @@ def _rate(value: str | None) -> str | None:
     if not ok:
         raise click.BadParameter("give events per second (up to 100,000) or a share of the ceiling, 1% to 100%")
     return value
+
+
+def _counts(value: str, low: int, high: int, what: str) -> list[int]:
+    """Comma-separated whole numbers from `low` to `high`, each once, in the order given."""
+    try:
+        counts = [int(part) for part in value.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or any(not low <= n <= high for n in counts):
+        raise click.BadParameter(f"give {what}, comma-separated, each from {low:,} to {high:,}")
+    return list(dict.fromkeys(counts))
+
+
+@dev.command()
+@click.option(
+    "--writers",
+    "counts",
+    default="1,2,4,8,16",
+    show_default=True,
+    metavar="N,N,...",
+    callback=lambda ctx, param, value: _counts(value, 1, 64, "writer counts"),  # max_connections is 100 by default
+    help="Writer process counts to measure, one after the other.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5, max=60),
+    default=4,
+    show_default=True,
+    metavar="S",
+    help="How long each writer count writes.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1, max=10_000), metavar="N", help="Rows per batch.  [default: BATCH_SIZE]"
+)
+def writers(counts: list[int], seconds: float, batch_size: int | None) -> None:
+    """PostgreSQL's insert path with N concurrent batch writers, in a scratch database:
+    rows/s, time per batch, CPU per row of the writers and the server.
+
+    Each writer writes batches as a worker's pool process does (store.connect_writer,
+    insert_isolating, record_batch, commit); the scratch database is dropped at the end.
+    """
+    import celeryconfig as config
+    from tasks.dev import writers as measure
+
+    url = config.database_url()
+    size = batch_size or config.BATCH_SIZE
+    runs = measure.measure_all(url, counts, seconds, size, config.STATEMENT_TIMEOUT_MS)
+    click.echo(measure.report(runs, measure.server(url), size, seconds))
+
+
+@dev.command()
+@click.option(
+    "--cpu-us",
+    type=click.FloatRange(min=0, min_open=True),
+    default=187,
+    show_default=True,
+    metavar="US",
+    help="Worker CPU per event, all its processes (the bench's figure).",
+)
+@click.option(
+    "--cores",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="Cores per replica.",
+)
+@click.option(
+    "--receivers",
+    type=click.IntRange(min=1, max=64),
+    metavar="N",
+    help="ReceiveMessage calls in flight per fetch.  [default: FETCH_RECEIVERS]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=10_000),
+    metavar="N",
+    help="Messages per batch.  [default: BATCH_SIZE]",
+)
+@click.option(
+    "--fetches",
+    type=click.FloatRange(min=0, min_open=True, max=64),
+    metavar="F",
+    help="Fetches running at once per replica.  [default: FETCH_MAX_SECONDS / FETCH_INTERVAL]",
+)
+@click.option(
+    "--pool",
+    type=click.IntRange(min=1, max=256),
+    metavar="N",
+    help="Pool processes per replica, one PostgreSQL connection each.  [default: WORKER_CONCURRENCY]",
+)
+@click.option(
+    "--rtt-min-ms", type=click.FloatRange(min=0), default=5, show_default=True, metavar="MS", help="SQS's fastest call."
+)
+@click.option(
+    "--rtt-max-ms",
+    type=click.FloatRange(min=0),
+    default=20,
+    show_default=True,
+    metavar="MS",
+    help="SQS's slowest call.",
+)
+@click.option(
+    "--db-rows-per-s",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="R",
+    help="PostgreSQL's write rate (from `dev writers`), to place it among the limits.",
+)
+@click.option(
+    "--rates",
+    default="10000,100000,1000000",
+    show_default=True,
+    metavar="R,R,...",
+    callback=lambda ctx, param, value: _counts(value, 1, 100_000_000, "events per second"),
+    help="Target rates, events per second.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="The simulation's seed.")
+def capacity(
+    cpu_us: float,
+    cores: float,
+    receivers: int | None,
+    batch_size: int | None,
+    fetches: float | None,
+    pool: int | None,
+    rtt_min_ms: float,
+    rtt_max_ms: float,
+    db_rows_per_s: float | None,
+    rates: list[int],
+    seed: int,
+) -> None:
+    """Worker replicas for a rate on real SQS, by CPU per event and a simulation of the
+    fetch's round trips; SQS calls, in-flight messages, PostgreSQL connections, and which
+    limit comes first."""
+    if rtt_min_ms > rtt_max_ms:
+        raise click.UsageError("--rtt-min-ms must not exceed --rtt-max-ms")
+    import celeryconfig as config
+    from tasks.dev import capacity as model
+
+    scheduled = config.FETCH_MAX_SECONDS / config.FETCH_INTERVAL
+    replica = model.Replica(
+        cpu_us_per_event=cpu_us,
+        cores=cores,
+        receivers=receivers or config.FETCH_RECEIVERS,
+        batch_size=batch_size or config.BATCH_SIZE,
+        batch_max_wait_s=config.BATCH_MAX_WAIT_MS / 1000,
+        fetches=fetches or scheduled,
+        pool=pool or config.worker_concurrency,
+    )
+    latency = model.Latency(rtt_min_ms, rtt_max_ms)
+    moved = model.replica_rate(replica, latency, seed)
+    needs = [model.need(rate, replica, moved) for rate in rates]
+    reached = model.limits(replica, moved, scheduled, db_rows_per_s)
+    click.echo(model.report(replica, latency, moved, needs, reached))
 
 
 def _passed(outcome: int, what: str) -> None:

@@ -42,4 +42,6 @@ def test_operator_commands_and_development_commands_are_separate_groups() -> Non
     assert {"dev", *operator} == set(root.commands)
     dev = root.commands["dev"]
     assert isinstance(dev, click.Group)
-    assert {"stack", "seed", "run", "bench", "faults", "conformance", "docs"} == set(dev.commands)
+    assert {"stack", "seed", "run", "bench", "writers", "capacity", "faults", "conformance", "docs"} == set(
+        dev.commands
+    )
