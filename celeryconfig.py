@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import annotated_types
 from kombu import Exchange, Queue
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     SQS_LEAN_CALLS: Flag = _setting(
         True,
         "the fetch's `ReceiveMessage` and `DeleteMessageBatch` as lean signed requests, not botocore's"
-        " (tasks/broker/lean_sqs.py: about a third of the CPU per call)",
+        " (tasks/broker/lean_sqs.py: about a quarter of the CPU per call)",
     )
     SOURCE_VISIBILITY_TIMEOUT: int = _setting(
         60, "seconds a received source message stays hidden until its batch is handed off", ge=1, le=43_200
@@ -303,6 +303,19 @@ class Settings(BaseSettings):
     )
     WORKER_SEND_TASK_EVENTS: Flag = _setting(True, "task events for Flower")
 
+    @model_validator(mode="after")
+    def _hidden_until_handed_off(self) -> Settings:
+        """A fetch hands off what it received by FETCH_MAX_SECONDS, plus a long poll still
+        in flight then: its messages must stay hidden that long, or another fetch receives
+        them again meanwhile and each is written twice over (the second time a duplicate)."""
+        held = self.FETCH_MAX_SECONDS + self.FETCH_WAIT_SECONDS
+        if held >= self.SOURCE_VISIBILITY_TIMEOUT:
+            raise ValueError(
+                f"SOURCE_VISIBILITY_TIMEOUT={self.SOURCE_VISIBILITY_TIMEOUT} must be above FETCH_MAX_SECONDS"
+                f" + FETCH_WAIT_SECONDS ({held:g} s): a fetch holds its messages that long before handing them off"
+            )
+        return self
+
 
 def _sqs_broker_url(data: dict[str, Any]) -> str:
     """`sqs://` with the endpoint's host and the credentials (empty: kombu's own chain)."""
@@ -364,7 +377,10 @@ def problem_line(error: ValidationError) -> str:
     what it accepts."""
     problems = []
     for item in error.errors():
-        if item["type"] == "default_factory_not_called" or not item["loc"]:
+        if not item["loc"]:  # settings that are valid alone and not together
+            problems.append(item["msg"].removeprefix("Value error, "))
+            continue
+        if item["type"] == "default_factory_not_called":
             continue  # a default computed from a setting that failed: that one is named
         name = str(item["loc"][0])
         value = "" if is_secret(name) else f"={str(item['input'])[:60]!r}"

@@ -70,3 +70,16 @@ def test_a_url_loses_its_password_and_nothing_else() -> None:
         == "postgresql://u@/x?host=/run/pg&password=***"
     )
     assert without_password("postgresql:///x?host=/run/pg") == "postgresql:///x?host=/run/pg"
+
+
+def test_messages_stay_hidden_until_a_fetch_has_handed_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FETCH_MAX_SECONDS", "59.5")
+    monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "60")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert celeryconfig.problem_line(caught.value) == (
+        "configuration: SOURCE_VISIBILITY_TIMEOUT=60 must be above FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS"
+        " (60.5 s): a fetch holds its messages that long before handing them off"
+    )
+    monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "61")
+    assert Settings().SOURCE_VISIBILITY_TIMEOUT == 61
