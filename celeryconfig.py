@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         le=3600,
     )
     FETCH_RECEIVERS: int = _setting(8, "`ReceiveMessage` calls in flight per fetch", ge=1, le=64)
+    FETCHES_PER_TICK: int = _setting(
+        1,
+        "fetches beat starts every `FETCH_INTERVAL`; to scale out, one per worker replica (docs/performance.md)",
+        ge=1,
+        le=256,
+    )
     FETCH_WAIT_SECONDS: int = _setting(
         1,
         "long poll of a fetch's receive while it holds no messages (then one call, not `FETCH_RECEIVERS`)",
@@ -557,13 +563,17 @@ SECRET_SETTINGS = (
     "broker_url",
 )
 
+FETCHES_PER_TICK = _settings.FETCHES_PER_TICK
+# One entry a fetch started each tick: every fetch receives until its time is up, so
+# about 1.5 times FETCHES_PER_TICK run at once across all workers, whatever their number.
 beat_schedule = {
-    "fetch-login-events": {
+    "fetch-login-events" + (f"-{n + 1}" if n else ""): {
         "task": "tasks.fetch_batches",
         "schedule": FETCH_INTERVAL,
         # After an outage, stale fetches are dropped instead of piling up.
         "options": {"expires": max(FETCH_INTERVAL * 2, 5.0)},
-    },
+    }
+    for n in range(FETCHES_PER_TICK)
 }
 beat_schedule_filename = str(STACK_DIR / "celerybeat-schedule")
 # Celery's persistent scheduler, touching BEAT_HEALTH_FILE on every tick (tasks/ops/health.py).

@@ -77,8 +77,8 @@ def test_the_configmap_sets_only_known_settings(manifest: Path) -> None:
 
 
 # The settings docs/performance.md measured: a deployment runs them as measured.
-TUNING = ("BATCH_SIZE", "FETCH_INTERVAL", "FETCH_RECEIVERS", "SOURCE_VISIBILITY_TIMEOUT", "TASK_VISIBILITY_TIMEOUT",
-          "WORKER_CONCURRENCY")  # fmt: skip
+TUNING = ("BATCH_SIZE", "FETCH_INTERVAL", "FETCH_RECEIVERS", "FETCHES_PER_TICK", "SOURCE_VISIBILITY_TIMEOUT",
+          "TASK_VISIBILITY_TIMEOUT", "WORKER_CONCURRENCY")  # fmt: skip
 
 
 def test_the_configmap_runs_the_tuned_defaults() -> None:

@@ -284,20 +284,20 @@ def capacity(
     import celeryconfig as config
     from tasks.dev import capacity as model
 
-    scheduled = config.FETCH_MAX_SECONDS / config.FETCH_INTERVAL
+    per_replica = config.FETCH_MAX_SECONDS / config.FETCH_INTERVAL  # one tick's fetch outlives the tick
     replica = model.Replica(
         cpu_us_per_event=cpu_us,
         cores=cores,
         receivers=receivers or config.FETCH_RECEIVERS,
         batch_size=batch_size or config.BATCH_SIZE,
         batch_max_wait_s=config.BATCH_MAX_WAIT_MS / 1000,
-        fetches=fetches or scheduled,
+        fetches=fetches or per_replica,
         pool=pool or config.worker_concurrency,
     )
     latency = model.Latency(rtt_min_ms, rtt_max_ms)
     moved = model.replica_rate(replica, latency, seed)
     needs = [model.need(rate, replica, moved) for rate in rates]
-    reached = model.limits(replica, moved, scheduled, db_rows_per_s)
+    reached = model.limits(replica, moved, per_replica * config.FETCHES_PER_TICK, db_rows_per_s)
     click.echo(model.report(replica, latency, moved, needs, reached))
 
 

@@ -19,9 +19,10 @@ SNS publishes, not counted), the messages in flight in login-queue and the Postg
 connections (one per pool process). Then each limit, at the rate where it is reached,
 in order:
 
-- the fetch schedule as deployed: one beat entry publishes one fetch a FETCH_INTERVAL,
-  each lasting up to FETCH_MAX_SECONDS, so about 1.5 fetches run in all, whatever the
-  number of replicas (the per-replica figures assume each replica runs its own);
+- the fetch schedule: beat starts FETCHES_PER_TICK fetches every FETCH_INTERVAL, each
+  lasting up to FETCH_MAX_SECONDS, so about 1.5 times FETCHES_PER_TICK fetches run in all,
+  whatever the number of replicas (the per-replica figures assume each replica runs its
+  own 1.5: FETCHES_PER_TICK equal to the replicas);
 - PostgreSQL connections: max_connections, 100 by default, less the 3 kept for
   superusers (superuser_reserved_connections' default);
 - login-queue's in-flight messages: about 120,000 for a standard queue (AWS, "Amazon SQS
@@ -187,7 +188,8 @@ def limits(replica: Replica, moved: ReplicaRate, scheduled_fetches: float, db_ro
     usable = PG_MAX_CONNECTIONS - PG_SUPERUSER_RESERVED
     found = [
         Limit(
-            f"fetch schedule as deployed: one beat entry, {scheduled_fetches:g} fetches in all",
+            f"fetch schedule: {scheduled_fetches:g} fetches at once in all (FETCHES_PER_TICK × 1.5),"
+            " raise FETCHES_PER_TICK with the replicas",
             scheduled_fetches * per_fetch,
         ),
         Limit(

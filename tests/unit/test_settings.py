@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
@@ -83,3 +87,16 @@ def test_messages_stay_hidden_until_a_fetch_has_handed_them_off(monkeypatch: pyt
     )
     monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "61")
     assert Settings().SOURCE_VISIBILITY_TIMEOUT == 61
+
+
+def test_beat_starts_fetches_per_tick_fetches_every_interval() -> None:
+    """One beat feeds every replica: FETCHES_PER_TICK fetches each FETCH_INTERVAL."""
+    shown = "import celeryconfig as c; print(sorted((k, v['task'], v['schedule']) for k, v in c.beat_schedule.items()))"
+    env = {**os.environ, "FETCHES_PER_TICK": "3", "FETCH_INTERVAL": "4"}
+    out = subprocess.run([sys.executable, "-c", shown], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(
+        [
+            (name, "tasks.fetch_batches", 4.0)
+            for name in ("fetch-login-events", "fetch-login-events-2", "fetch-login-events-3")
+        ]
+    )
