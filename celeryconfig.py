@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HERE = Path(__file__).resolve().parent
 EXIT_CONFIGURATION = 2
+FETCH_SETTLE_SECONDS = 5  # a fetch's last deletes, after its last hand-off
 
 # --- Types: what a variable accepts ------------------------------------------------------
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -185,7 +186,11 @@ class Settings(BaseSettings):
         " (tasks/broker/lean_sqs.py: about a quarter of the CPU per call)",
     )
     SOURCE_VISIBILITY_TIMEOUT: int = _setting(
-        60, "seconds a received source message stays hidden until its batch is handed off", ge=1, le=43_200
+        60,
+        "seconds a received source message stays hidden until its batch is handed off",
+        accepts="an integer from 1 to 43,200, above `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`",
+        ge=1,
+        le=43_200,
     )
 
     # --- Mask and insert ----------------------------------------------------------------
@@ -280,6 +285,8 @@ class Settings(BaseSettings):
         90,
         "seconds a batch task stays hidden, longer than any batch (retries are new messages);"
         " the hard time limit is 0.8 of it, the soft 0.6",
+        accepts="an integer from 10 to 43,200 whose 0.6 leaves a fetch 5 s beyond"
+        " `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`",
         ge=10,
         le=43_200,
     )
@@ -310,15 +317,25 @@ class Settings(BaseSettings):
     WORKER_SEND_TASK_EVENTS: Flag = _setting(True, "task events for Flower")
 
     @model_validator(mode="after")
-    def _hidden_until_handed_off(self) -> Settings:
-        """A fetch hands off what it received by FETCH_MAX_SECONDS, plus a long poll still
-        in flight then: its messages must stay hidden that long, or another fetch receives
-        them again meanwhile and each is written twice over (the second time a duplicate)."""
-        held = self.FETCH_MAX_SECONDS + self.FETCH_WAIT_SECONDS
-        if held >= self.SOURCE_VISIBILITY_TIMEOUT:
+    def _a_fetch_fits_its_limits(self) -> Settings:
+        """A fetch receives until FETCH_MAX_SECONDS, plus its last long poll, and hands off
+        what it holds by then at the latest (most batches leave after BATCH_MAX_WAIT_MS).
+        Its messages must stay hidden that long, or another fetch receives them again; and
+        the task must end, its deletes settled, within its soft time limit, or it can be
+        stopped between handing a batch off and deleting its messages. Either way each
+        event is written twice over (the second time a duplicate)."""
+        span = self.FETCH_MAX_SECONDS + self.FETCH_WAIT_SECONDS
+        soft_limit = int(self.TASK_VISIBILITY_TIMEOUT * 0.6)  # celeryconfig's task_soft_time_limit
+        if span >= self.SOURCE_VISIBILITY_TIMEOUT:
             raise ValueError(
                 f"SOURCE_VISIBILITY_TIMEOUT={self.SOURCE_VISIBILITY_TIMEOUT} must be above FETCH_MAX_SECONDS"
-                f" + FETCH_WAIT_SECONDS ({held:g} s): a fetch holds its messages that long before handing them off"
+                f" + FETCH_WAIT_SECONDS ({span:g} s): a fetch holds its messages that long before handing them off"
+            )
+        if span + FETCH_SETTLE_SECONDS > soft_limit:
+            raise ValueError(
+                f"TASK_VISIBILITY_TIMEOUT={self.TASK_VISIBILITY_TIMEOUT} gives tasks a soft time limit"
+                f" of {soft_limit} s, which must leave a fetch FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS ({span:g} s) and"
+                f" {FETCH_SETTLE_SECONDS} s to settle its deletes: raise it or shorten the fetch"
             )
         return self
 

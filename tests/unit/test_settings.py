@@ -79,6 +79,7 @@ def test_a_url_loses_its_password_and_nothing_else() -> None:
 def test_messages_stay_hidden_until_a_fetch_has_handed_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FETCH_MAX_SECONDS", "59.5")
     monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "60")
+    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "200")
     with pytest.raises(ValidationError) as caught:
         Settings()
     assert celeryconfig.problem_line(caught.value) == (
@@ -100,3 +101,20 @@ def test_beat_starts_fetches_per_tick_fetches_every_interval() -> None:
             for name in ("fetch-login-events", "fetch-login-events-2", "fetch-login-events-3")
         ]
     )
+
+
+def test_a_fetch_must_end_within_the_tasks_soft_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FETCH_INTERVAL=40 makes 60 s fetches: a soft limit of 54 s would stop one between
+    handing a batch off and deleting its messages."""
+    monkeypatch.delenv("FETCH_MAX_SECONDS")
+    monkeypatch.setenv("FETCH_INTERVAL", "40")
+    monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "70")
+    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "90")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert celeryconfig.problem_line(caught.value) == (
+        "configuration: TASK_VISIBILITY_TIMEOUT=90 gives tasks a soft time limit of 54 s, which must leave a fetch"
+        " FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS (61 s) and 5 s to settle its deletes: raise it or shorten the fetch"
+    )
+    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "120")
+    assert Settings().FETCH_MAX_SECONDS == 60
