@@ -35,13 +35,24 @@ from urllib.parse import urlsplit
 import pycurl
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.httpsession import get_cert_path
 
 CONTENT_TYPE = "application/x-amz-json-1.0"
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "sqs"
 ATTEMPTS = 3  # as botocore's standard retry mode
 CONNECT_TIMEOUT = 3.0  # seconds, as the boto3 clients (tasks.broker.aws)
-READ_TIMEOUT = 25.0  # seconds, above the longest long poll (20 s)
+# The whole call, connecting included: the longest long poll (20 s), a connect (3 s), the answer.
+CALL_TIMEOUT = 30.0  # seconds
+# curl's failures that another attempt cannot mend: a bad URL, TLS certificate trouble.
+PERMANENT_CURL_ERRORS = frozenset(
+    {
+        pycurl.E_UNSUPPORTED_PROTOCOL,
+        pycurl.E_URL_MALFORMAT,
+        pycurl.E_PEER_FAILED_VERIFICATION,
+        pycurl.E_SSL_CACERT_BADFILE,
+    }
+)
 BACKOFF_BASE = 0.05  # seconds; attempt n sleeps up to BACKOFF_BASE * 2**n
 # Asked for by name (LocalStack closes other connections after one request); no
 # "Expect: 100-continue" wait before a body over 1 KiB, such as a DeleteMessageBatch's.
@@ -115,7 +126,8 @@ class LeanSQS:
 
     def __init__(self, endpoint_url: str, region: str, credentials: Any, ca_bundle: str | None = None) -> None:
         parts = urlsplit(endpoint_url)
-        self.ca_bundle = ca_bundle
+        self.tls = parts.scheme == "https"
+        self.ca_bundle = ca_bundle or get_cert_path(True)  # botocore's default: certifi's, else its own
         self.endpoint_url = endpoint_url
         # botocore's Host: the port only when it is not the scheme's own
         self.host = parts.netloc if parts.port not in (None, DEFAULT_PORTS[parts.scheme]) else parts.hostname or ""
@@ -146,8 +158,11 @@ class LeanSQS:
                 if attempt == ATTEMPTS or not retryable(error):
                     raise
             except pycurl.error as exc:
-                if attempt == ATTEMPTS:  # curl's own words: they name the failure, never a body
-                    raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=exc.args[-1]) from None
+                code, words = exc.args  # curl's own words: they name the failure, never a body
+                if attempt == ATTEMPTS or code in PERMANENT_CURL_ERRORS:
+                    raise EndpointConnectionError(
+                        endpoint_url=self.endpoint_url, error=f"curl {code}: {words}"
+                    ) from None
             time.sleep(random.uniform(0, BACKOFF_BASE * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -183,9 +198,10 @@ class LeanSQS:
             curl.setopt(pycurl.POST, 1)
             curl.setopt(pycurl.NOSIGNAL, 1)  # timeouts without signals: safe on any thread
             curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(CONNECT_TIMEOUT * 1000))
-            curl.setopt(pycurl.TIMEOUT_MS, int(READ_TIMEOUT * 1000))
+            curl.setopt(pycurl.TIMEOUT_MS, int(CALL_TIMEOUT * 1000))
+            curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)  # as botocore; never h2 over TLS
             curl.setopt(pycurl.PROXY, "")  # aws.lean_sqs gives way to boto3 where a proxy applies
-            if self.ca_bundle:
+            if self.tls:
                 curl.setopt(pycurl.CAINFO, self.ca_bundle)
         return curl
 

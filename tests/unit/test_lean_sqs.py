@@ -6,8 +6,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
+from tasks.broker import lean_sqs
 from tasks.broker.lean_sqs import LeanSQS, error_of
 
 RECEIVE = {
@@ -93,11 +94,12 @@ class Server:
     with `close`, drops the connection after it without saying so (as a server whose idle
     timeout ran out does). LocalStack cannot be made to do either on cue."""
 
-    def __init__(self, answers: list[tuple[int, bytes]], close: bool) -> None:
+    def __init__(self, answers: list[tuple[int, bytes]], close: bool, headers: bytes = b"") -> None:
         import socket
         import threading
 
-        self.answers, self.close, self.requests = list(answers), close, 0
+        self.answers, self.close, self.requests, self.headers = list(answers), close, 0, headers
+        self.heads: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -124,8 +126,10 @@ class Server:
         while len(body) < length:
             body += connection.recv(65536)
         self.requests += 1
+        self.heads.append(head.lower())
         status, payload = self.answers.pop(0)
-        connection.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(payload), payload))
+        answer = b"HTTP/1.1 %d X\r\n%sContent-Length: %d\r\n\r\n%s" % (status, self.headers, len(payload), payload)
+        connection.sendall(answer)
         return True
 
 
@@ -151,3 +155,30 @@ def test_a_5xx_is_retried_and_an_unreadable_answer_is_an_error_without_the_paylo
         lean_at(server.url).receive_message(QueueUrl="q")
     assert server.requests == 3 and "203.0.113.9" not in repr(failed.value.__dict__) + str(failed.value)
     assert failed.value.__cause__ is None and failed.value.__context__ is None
+
+
+def test_a_large_body_goes_at_once_on_a_kept_connection() -> None:
+    """No "Expect: 100-continue" pause before a DeleteMessageBatch's body of over 1 KiB."""
+    server = Server([(200, b'{"Successful": []}')], close=False)
+    lean_at(server.url).delete_message_batch(**DELETE)
+    head = server.heads[0]
+    assert b"expect:" not in head and b"connection: keep-alive" in head and b"content-length: " in head
+
+
+def test_the_query_error_header_names_the_error_through_curl() -> None:
+    server = Server([(400, b'{"__type": "com.amazonaws.sqs#QueueDoesNotExist"}')], close=False,
+                    headers=b"x-amzn-query-error: AWS.SimpleQueueService.NonExistentQueue;Sender\r\n")  # fmt: skip
+    with pytest.raises(ClientError) as failed:
+        lean_at(server.url).receive_message(QueueUrl="q")
+    assert failed.value.response["Error"]["Code"] == "AWS.SimpleQueueService.NonExistentQueue"
+
+
+def test_a_certificate_problem_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(lean_sqs.time, "sleep", slept.append)
+    server = Server([(200, b"{}")], close=False)
+    url = server.url.replace("http:", "https:")
+    lean = LeanSQS(url, "us-east-1", Credentials("AKID", "secret"), ca_bundle="/no/such/bundle.pem")
+    with pytest.raises(EndpointConnectionError) as failed:
+        lean.receive_message(QueueUrl="q")
+    assert failed.value.kwargs["error"].startswith("curl 77:") and slept == []
