@@ -47,8 +47,8 @@ HAND_OFF_CALLS = 3  # per batch: SendMessage (the task), the worker's ReceiveMes
 SQS_IN_FLIGHT = 120_000  # a standard queue's in-flight messages, approximately
 PG_MAX_CONNECTIONS = 100  # PostgreSQL's default max_connections
 PG_SUPERUSER_RESERVED = 3  # its default superuser_reserved_connections
-# The fetch's share of the worker's CPU per event, by py-spy (docs/performance.md):
-# LeanSQS.call 23% (receives and deletes) and the rest of the fetch 11%.
+# The fetch's share of the worker's CPU per event, by py-spy (docs/performance.md, after
+# this round's levers): the lean calls 15%, the hand-off 8%, its threads and batching ~11%.
 FETCH_CPU_SHARE = 0.34
 SIMULATED_BATCHES = 1_000
 
@@ -188,7 +188,8 @@ def limits(replica: Replica, moved: ReplicaRate, scheduled_fetches: float, db_ro
     usable = PG_MAX_CONNECTIONS - PG_SUPERUSER_RESERVED
     found = [
         Limit(
-            f"fetch schedule: {scheduled_fetches:g} fetches at once in all (FETCHES_PER_TICK × 1.5),"
+            f"fetch schedule: {scheduled_fetches:g} fetches at once in all"
+            " (FETCHES_PER_TICK × FETCH_MAX_SECONDS / FETCH_INTERVAL),"
             " raise FETCHES_PER_TICK with the replicas",
             scheduled_fetches * per_fetch,
         ),

@@ -78,7 +78,7 @@ def test_limits_come_in_the_order_a_growing_rate_reaches_them() -> None:
     moved = capacity.replica_rate(DEFAULT, SQS)
     reached = capacity.limits(DEFAULT, moved, 1.5, None)
     assert [limit.rate for limit in reached] == sorted(limit.rate for limit in reached)
-    assert reached[0].what.startswith("fetch schedule")  # one beat entry feeds all replicas
+    assert reached[0].what.startswith("fetch schedule")  # with one fetch a tick, whatever the replicas
     connections = next(limit for limit in reached if limit.what.startswith("PostgreSQL connections"))
     assert connections.rate == pytest.approx(24 * moved.per_s)  # 97 usable connections, 4 a replica
     assert capacity.limits(DEFAULT, moved, 1.5, 1_000)[0].what.startswith("PostgreSQL write rate")
