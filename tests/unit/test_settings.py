@@ -76,18 +76,38 @@ def test_a_url_loses_its_password_and_nothing_else() -> None:
     assert without_password("postgresql:///x?host=/run/pg") == "postgresql:///x?host=/run/pg"
 
 
-def test_messages_stay_hidden_until_a_fetch_has_handed_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FETCH_MAX_SECONDS", "59.5")
-    monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "60")
-    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "200")
+# A fetch holds its messages until FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS: they must stay
+# hidden that long, and the task's soft time limit must leave it that long and its deletes
+# (FETCH_INTERVAL=40 makes 60 s fetches, which a soft limit of 54 s would stop between a
+# hand-off and its deletes). Each case: settings that clash, its line, and the one fix.
+CLASHES = [
+    (
+        {"FETCH_MAX_SECONDS": "59.5", "SOURCE_VISIBILITY_TIMEOUT": "60", "TASK_VISIBILITY_TIMEOUT": "200"},
+        "SOURCE_VISIBILITY_TIMEOUT=60 must be above FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS (60.5 s):"
+        " a fetch holds its messages that long before handing them off",
+        ("SOURCE_VISIBILITY_TIMEOUT", "61"),
+    ),
+    (
+        {"FETCH_INTERVAL": "40", "SOURCE_VISIBILITY_TIMEOUT": "70", "TASK_VISIBILITY_TIMEOUT": "90"},
+        "TASK_VISIBILITY_TIMEOUT=90 gives tasks a soft time limit of 54 s, which must leave a fetch"
+        " FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS (61 s) and 5 s to settle its deletes: raise it or shorten the fetch",
+        ("TASK_VISIBILITY_TIMEOUT", "120"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("clash", "line", "fix"), CLASHES, ids=["hidden", "soft-time-limit"])
+def test_a_fetch_fits_its_visibility_and_time_limits(
+    monkeypatch: pytest.MonkeyPatch, clash: dict[str, str], line: str, fix: tuple[str, str]
+) -> None:
+    monkeypatch.delenv("FETCH_MAX_SECONDS")
+    for name, value in clash.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError) as caught:
         Settings()
-    assert celeryconfig.problem_line(caught.value) == (
-        "configuration: SOURCE_VISIBILITY_TIMEOUT=60 must be above FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS"
-        " (60.5 s): a fetch holds its messages that long before handing them off"
-    )
-    monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "61")
-    assert Settings().SOURCE_VISIBILITY_TIMEOUT == 61
+    assert celeryconfig.problem_line(caught.value) == f"configuration: {line}"
+    monkeypatch.setenv(*fix)
+    assert Settings().model_dump()[fix[0]] == int(fix[1])
 
 
 def test_beat_starts_fetches_per_tick_fetches_every_interval() -> None:
@@ -101,20 +121,3 @@ def test_beat_starts_fetches_per_tick_fetches_every_interval() -> None:
             for name in ("fetch-login-events", "fetch-login-events-2", "fetch-login-events-3")
         ]
     )
-
-
-def test_a_fetch_must_end_within_the_tasks_soft_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """FETCH_INTERVAL=40 makes 60 s fetches: a soft limit of 54 s would stop one between
-    handing a batch off and deleting its messages."""
-    monkeypatch.delenv("FETCH_MAX_SECONDS")
-    monkeypatch.setenv("FETCH_INTERVAL", "40")
-    monkeypatch.setenv("SOURCE_VISIBILITY_TIMEOUT", "70")
-    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "90")
-    with pytest.raises(ValidationError) as caught:
-        Settings()
-    assert celeryconfig.problem_line(caught.value) == (
-        "configuration: TASK_VISIBILITY_TIMEOUT=90 gives tasks a soft time limit of 54 s, which must leave a fetch"
-        " FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS (61 s) and 5 s to settle its deletes: raise it or shorten the fetch"
-    )
-    monkeypatch.setenv("TASK_VISIBILITY_TIMEOUT", "120")
-    assert Settings().FETCH_MAX_SECONDS == 60
