@@ -34,6 +34,12 @@ _HERE = Path(__file__).resolve().parent
 EXIT_CONFIGURATION = 2
 FETCH_SETTLE_SECONDS = 5  # a fetch's last deletes, after its last hand-off
 
+
+def soft_time_limit(task_visibility_timeout: int) -> int:
+    """Celery's soft time limit of a task, in seconds: 0.6 of its visibility timeout."""
+    return int(task_visibility_timeout * 0.6)
+
+
 # --- Types: what a variable accepts ------------------------------------------------------
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -285,7 +291,7 @@ class Settings(BaseSettings):
         90,
         "seconds a batch task stays hidden, longer than any batch (retries are new messages);"
         " the hard time limit is 0.8 of it, the soft 0.6",
-        accepts="an integer from 10 to 43,200 whose 0.6 leaves a fetch 5 s beyond"
+        accepts=f"an integer from 10 to 43,200 whose 0.6 leaves a fetch {FETCH_SETTLE_SECONDS} s beyond"
         " `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`",
         ge=10,
         le=43_200,
@@ -309,7 +315,7 @@ class Settings(BaseSettings):
     WORKER_CONCURRENCY: int = _setting(4, "worker processes", ge=1, le=256)
     WORKER_MAX_MEMORY_KB: int = _setting(400_000, "a pool process above this is replaced after its task", ge=50_000)
     STATEMENT_TIMEOUT_MS: int = _setting(
-        lambda data: int(_before(data, "TASK_VISIBILITY_TIMEOUT") * 0.6) * 750,
+        lambda data: soft_time_limit(_before(data, "TASK_VISIBILITY_TIMEOUT")) * 750,
         "a batch's SQL statement is cancelled after this, and the batch retried",
         shown="0.75 × the soft time limit",
         ge=1,
@@ -325,7 +331,7 @@ class Settings(BaseSettings):
         stopped between handing a batch off and deleting its messages. Either way each
         event is written twice over (the second time a duplicate)."""
         span = self.FETCH_MAX_SECONDS + self.FETCH_WAIT_SECONDS
-        soft_limit = int(self.TASK_VISIBILITY_TIMEOUT * 0.6)  # celeryconfig's task_soft_time_limit
+        soft_limit = soft_time_limit(self.TASK_VISIBILITY_TIMEOUT)
         if span >= self.SOURCE_VISIBILITY_TIMEOUT:
             raise ValueError(
                 f"SOURCE_VISIBILITY_TIMEOUT={self.SOURCE_VISIBILITY_TIMEOUT} must be above FETCH_MAX_SECONDS"
@@ -443,6 +449,7 @@ BATCH_MAX_BYTES = _settings.BATCH_MAX_BYTES
 FETCH_INTERVAL = _settings.FETCH_INTERVAL
 FETCH_MAX_SECONDS = _settings.FETCH_MAX_SECONDS
 FETCH_RECEIVERS = _settings.FETCH_RECEIVERS
+FETCHES_PER_TICK = _settings.FETCHES_PER_TICK
 FETCH_WAIT_SECONDS = _settings.FETCH_WAIT_SECONDS
 BATCH_MAX_WAIT_MS = _settings.BATCH_MAX_WAIT_MS
 SQS_LEAN_CALLS = _settings.SQS_LEAN_CALLS
@@ -562,7 +569,7 @@ worker_hijack_root_logger = False
 # shutdown therefore ends within task_time_limit + 10 s (82 s with the defaults), below
 # the 90 s that compose and Kubernetes give a worker to stop.
 task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
-task_soft_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.6)
+task_soft_time_limit = soft_time_limit(TASK_VISIBILITY_TIMEOUT)
 STATEMENT_TIMEOUT_MS = _settings.STATEMENT_TIMEOUT_MS
 
 # Task events feed Flower. Sent without persistent delivery to keep them cheap.
@@ -580,7 +587,6 @@ SECRET_SETTINGS = (
     "broker_url",
 )
 
-FETCHES_PER_TICK = _settings.FETCHES_PER_TICK
 # One entry a fetch started each tick: every fetch receives until its time is up, so
 # about 1.5 times FETCHES_PER_TICK run at once across all workers, whatever their number.
 beat_schedule = {

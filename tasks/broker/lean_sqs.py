@@ -12,7 +12,8 @@ for by name: LocalStack closes every other connection after one request); libcur
 parses the response's head in C, where http.client cost more CPU than the signing. It
 answers with the response's JSON, which has the keys botocore's parsed response has,
 and fails with botocore's own exceptions (`ClientError` with SQS's error code,
-`EndpointConnectionError`), so a caller cannot tell which client it used. Every other SQS call goes through boto3.
+`EndpointConnectionError`), so a caller cannot tell which client it used. Every other
+SQS call goes through boto3.
 
 tests/unit/test_lean_sqs.py holds each request, body, headers and signature, against
 the one botocore makes for the same call at the same moment: botocore is the oracle.
