@@ -102,3 +102,15 @@ def test_config_prints_the_values_in_effect_marked_by_source_with_secrets_hidden
     assert rows["FLOWER_BASIC_AUTH"] == ["(hidden)", "environment"]
     assert rows["DATABASE_URL"] == ["postgresql://login_pipeline_worker:***@db:5432/logins", "environment"]
     assert not {key, "hunter2", "s3cret"} & set(result.stdout.split()) and "hunter2" not in result.stdout
+
+
+def test_a_fetch_longer_than_its_messages_stay_hidden_stops_the_worker_with_one_line() -> None:
+    """An operator who slows beat to FETCH_INTERVAL=40 makes 60 s fetches: their messages
+    would come back to another fetch after SOURCE_VISIBILITY_TIMEOUT (60 s) and be written
+    twice. Each setting is valid alone; together they stop the start."""
+    result = start(ENTRY_POINTS["celery worker --help"], FETCH_INTERVAL="40")
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        "configuration: SOURCE_VISIBILITY_TIMEOUT=60 must be above FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS (61 s):"
+        " a fetch holds its messages that long before handing them off"
+    ]
