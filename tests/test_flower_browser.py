@@ -133,6 +133,9 @@ def test_flower_in_a_browser_shows_the_pipeline_without_records_or_controls(scen
     seen: dict[str, str] = {}
     with browser.flower_page(scene.url) as page:
         seen["dashboard"] = browser.show_dashboard(page, scene.retrying.name)
+        # The stopped worker's offline event comes through SNS and SQS, which lag under load;
+        # the dashboard refreshes every second, so wait for it before counting.
+        page.wait_for_function("document.querySelector('#workers-online').textContent.trim() === '1'", timeout=20_000)
         assert page.locator("#workers-online").inner_text().strip() == "1"
         row = page.locator("#workers-table tbody tr", has_text=scene.retrying.name).first.inner_text()
         assert "Online" in row
