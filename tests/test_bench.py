@@ -16,6 +16,11 @@ def test_bench_prints_figures_and_writes_json_and_a_chart(clean, tmp_path) -> No
     assert all(c["events"] == 2000 and c["per_s"] > 0 and c["cpu_us_per_event"] > 0 for c in figures["ceilings"])
     assert figures["ceiling_per_s"] == max(c["per_s"] for c in figures["ceilings"]) and figures["ceiling_end_per_s"] > 0
     assert figures["worker_cpu_us_per_event"] > 0 and figures["last_tenth_per_s"] > 0
+    # what the pipeline and the bare clients ask of LocalStack: its CPU and calls per event
+    assert figures["localstack_cpu_us_per_event"] > 0
+    # over the steady part by rows committed, which at 2,000 events can fall between two looks
+    assert isinstance(figures["localstack_calls_per_1000"], dict)
+    assert all(c["localstack_calls_per_1000"]["sqs.DeleteMessageBatch"] >= 100 for c in figures["ceilings"])
     assert set(figures["stage_ms_per_batch"]) == {"receive", "hand-off", "parse and mask", "insert", "delete"}
     assert set(figures["receive_call_cpu_us"]) == {"botocore", "botocore, no parameter validation", "lean"}
     assert figures["peak_rss_mb"]

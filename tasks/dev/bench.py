@@ -23,8 +23,10 @@ from tqdm import tqdm
 
 import celeryconfig as config
 from tasks.broker import aws
-from tasks.dev import ceiling, runner, seed, stack
+from tasks.dev import ceiling, localstack_requests, runner, seed, stack
 from tasks.dev.ceiling import Ceiling
+from tasks.dev.localstack_requests import Mark
+from tasks.dev.proc import cpu_seconds, peak_rss
 from tasks.pipeline import store
 from tasks.pipeline.source import Received, SourceQueue
 
@@ -42,6 +44,8 @@ class Figures:
     pipeline_per_s: float = 0.0
     ratio: float = 0.0
     worker_cpu_us_per_event: float = 0.0  # steady part: 10% to 90% of the events
+    localstack_cpu_us_per_event: float | None = None  # LocalStack's, over the same steady part
+    localstack_calls_per_1000: dict[str, float] = field(default_factory=dict)  # the same, by operation
     first_tenth_per_s: float = 0.0
     last_tenth_per_s: float = 0.0
     stage_ms_per_batch: dict[str, float] = field(default_factory=dict)
@@ -90,37 +94,13 @@ def _receive_all(source: SourceQueue, size: int) -> list[Received]:
     return received
 
 
-def peak_rss(process: psutil.Process) -> dict[str, float]:
-    """Peak resident memory (VmHWM) of a process and its children, in MB."""
-    peaks = {}
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks[f"{p.name()}[{p.pid}]"] = round(int(line.split()[1]) / 1024, 1)
-        except (OSError, psutil.Error):
-            continue
-    return peaks
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    """User and system CPU of a process and its children so far (exited children included)."""
-    total = 0.0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def pipeline_run(bodies: list[str], figures: Figures) -> None:
     seed.send(config.SOURCE_QUEUE, bodies)
     conn = store.connect(config.database_url())
     before = store.totals(conn)["received"]
     commands = {"worker": runner.worker_command(), "beat": runner.beat_command()}
-    steady: dict[float, tuple[int, float]] = {}  # share of the events -> (done, worker CPU)
+    steady: dict[float, tuple[int, float, float, Mark | None]] = {}  # share -> done, worker CPU, LocalStack's
+    localstack = stack.localstack_process()
     with runner.processes(commands) as running, tqdm(total=len(bodies), desc="pipeline", unit="ev") as bar:
         worker = psutil.Process(running["worker"].pid)
         while aws.queue_depth(config.SOURCE_QUEUE)["in_flight"] == 0:  # until the first fetch
@@ -134,13 +114,19 @@ def pipeline_run(bodies: list[str], figures: Figures) -> None:
             figures.series.append((round(time.monotonic() - started, 2), done))
             for share in (0.1, 0.9):
                 if share not in steady and done >= share * len(bodies):
-                    steady[share] = (done, cpu_seconds(worker))
+                    ls_cpu = cpu_seconds(localstack) if localstack else 0.0
+                    steady[share] = (done, cpu_seconds(worker), ls_cpu, localstack_requests.mark())
         elapsed = time.monotonic() - started
         figures.peak_rss_mb = peak_rss(worker)
     conn.close()
     figures.pipeline_per_s = len(bodies) / elapsed
-    (done_10, cpu_10), (done_90, cpu_90) = steady[0.1], steady[0.9]
-    figures.worker_cpu_us_per_event = round((cpu_90 - cpu_10) / max(done_90 - done_10, 1) * 1e6, 1)
+    (done_10, cpu_10, ls_10, mark_10), (done_90, cpu_90, ls_90, mark_90) = steady[0.1], steady[0.9]
+    steady_events = max(done_90 - done_10, 1)
+    figures.worker_cpu_us_per_event = round((cpu_90 - cpu_10) / steady_events * 1e6, 1)
+    if localstack:
+        figures.localstack_cpu_us_per_event = round((ls_90 - ls_10) / steady_events * 1e6, 1)
+    calls = localstack_requests.between(mark_10, mark_90)
+    figures.localstack_calls_per_1000 = localstack_requests.per_thousand(calls, steady_events)
     figures.first_tenth_per_s, figures.last_tenth_per_s = tenth_rates(figures.series, len(bodies))
 
 
@@ -196,7 +182,16 @@ def bench(events: int, out: Path) -> Figures:
     return figures
 
 
+def _us(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.0f} µs"
+
+
+def _calls(per_1000: dict[str, float]) -> str:
+    return ", ".join(f"{op} {n:g}" for op, n in per_1000.items()) or "unknown (LocalStack not started by this stack)"
+
+
 def report(figures: Figures, out: Path) -> str:
+    best = ceiling.best(figures.ceilings)
     clients = ", ".join(
         f"{c.clients}: {c.per_s:,.0f}/s ({c.cpu_us_per_event:.0f} µs CPU/event)" for c in figures.ceilings
     )
@@ -209,6 +204,10 @@ def report(figures: Figures, out: Path) -> str:
         f" (first tenth {figures.first_tenth_per_s:,.0f}/s, last tenth {figures.last_tenth_per_s:,.0f}/s)",
         f"ratio                  {figures.ratio:.2f}x the best ceiling",
         f"worker CPU             {figures.worker_cpu_us_per_event:.0f} µs per event (steady part)",
+        f"LocalStack's CPU       {_us(figures.localstack_cpu_us_per_event)} per event under the pipeline (steady part),"
+        f" {_us(best.localstack_cpu_us_per_event)} under the best ceiling's clients",
+        "LocalStack's calls per 1,000 events: pipeline " + _calls(figures.localstack_calls_per_1000),
+        "                                     best ceiling " + _calls(best.localstack_calls_per_1000),
         "time per batch of {} (ms): {}".format(
             config.BATCH_SIZE, ", ".join(f"{k} {v}" for k, v in figures.stage_ms_per_batch.items())
         ),

@@ -4,7 +4,8 @@ Each client process receives ten and deletes ten in a tight loop with boto3, doi
 nothing else, until the queue is empty. All of them start together (a barrier), after
 their imports and a first call, so start-up is not counted. The best of the counts is
 the bar the pipeline is measured against; the clients' CPU per event is the reference
-for the worker's.
+for the worker's, and LocalStack's own CPU per event while they drain is the reference
+for what the pipeline asks of LocalStack.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from tasks.broker import aws
-from tasks.dev import seed
+from tasks.dev import localstack_requests, seed, stack
+from tasks.dev.proc import CpuMeter
 
 CLIENTS = (1, 2, 4)
 QUEUE = "bench-ceiling"
@@ -31,6 +33,8 @@ class Ceiling:
     events: int
     per_s: float
     cpu_us_per_event: float
+    localstack_cpu_us_per_event: float | None = None  # LocalStack's own CPU while they drained
+    localstack_calls_per_1000: dict[str, float] = field(default_factory=dict)  # by operation
 
 
 def _drain(url: str, barrier: Any, results: Any) -> None:
@@ -50,6 +54,7 @@ def measure(bodies: list[str], clients: int) -> Ceiling:
     with contextlib.suppress(ClientError):  # PurgeQueue: once a minute; drained runs leave it empty
         sqs.purge_queue(QueueUrl=url)
     seed.send(QUEUE, bodies)
+    localstack = CpuMeter(stack.localstack_process())
     spawn = multiprocessing.get_context("spawn")  # no boto3 connection crosses a fork
     barrier, results = spawn.Barrier(clients + 1), spawn.Queue()
     children = [spawn.Process(target=_drain, args=(url, barrier, results), daemon=True) for _ in range(clients)]
@@ -58,7 +63,10 @@ def measure(bodies: list[str], clients: int) -> Ceiling:
     try:
         barrier.wait(timeout=120)
         started = time.monotonic()
+        localstack.start()
+        first = localstack_requests.mark()
         done = [results.get(timeout=600) for _ in children]
+        last = localstack_requests.mark()
     finally:
         for child in children:
             child.join(timeout=10)
@@ -66,7 +74,8 @@ def measure(bodies: list[str], clients: int) -> Ceiling:
     moved = sum(d[0] for d in done)
     seconds = max(d[2] for d in done) - started
     cpu_us = sum(d[1] for d in done) / max(moved, 1) * 1e6
-    return Ceiling(clients, moved, round(moved / seconds, 1), round(cpu_us, 1))
+    calls = localstack_requests.per_thousand(localstack_requests.between(first, last), moved)
+    return Ceiling(clients, moved, round(moved / seconds, 1), round(cpu_us, 1), localstack.per_event(moved), calls)
 
 
 def _follow(url: str, barrier: Any, stop: Any, results: Any) -> None:

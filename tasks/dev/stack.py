@@ -27,6 +27,8 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+import psutil
+
 import celeryconfig as config
 from tasks.dev import localstack_venv
 from tasks.ops import provision
@@ -125,6 +127,26 @@ def start_localstack(timeout: float = 120) -> bool:
         time.sleep(0.25)
     say(f"LocalStack up on port {config.LOCALSTACK_PORT} (log: {paths['log']})")
     return True
+
+
+def log_path() -> Path:
+    """LocalStack's log, where it logs each call it serves."""
+    return _paths()["log"]
+
+
+def localstack_process() -> psutil.Process | None:
+    """The LocalStack process answering on LOCALSTACK_PORT, for the benches' CPU figures:
+    the one this stack started, else whichever of this user's processes listens there."""
+    pid_file = _paths()["pid"]
+    try:
+        if pid_file.exists():
+            return psutil.Process(int(pid_file.read_text()))
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == config.LOCALSTACK_PORT and conn.pid:
+                return psutil.Process(conn.pid)
+    except (psutil.Error, ValueError, OSError):
+        pass
+    return None
 
 
 def _stop_pid(pid_file: Path, name: str) -> None:
