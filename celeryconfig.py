@@ -321,6 +321,12 @@ class Settings(BaseSettings):
         ge=1,
     )
     WORKER_SEND_TASK_EVENTS: Flag = _setting(True, "task events for Flower")
+    TASK_EVENTS_GROUP_MS: int = _setting(
+        500,
+        "longest a task event waits to be published with others as one message (0: each at once)",
+        ge=0,
+        le=10_000,
+    )
 
     @model_validator(mode="after")
     def _a_fetch_fits_its_limits(self) -> Settings:
@@ -572,8 +578,11 @@ task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
 task_soft_time_limit = soft_time_limit(TASK_VISIBILITY_TIMEOUT)
 STATEMENT_TIMEOUT_MS = _settings.STATEMENT_TIMEOUT_MS
 
-# Task events feed Flower. Sent without persistent delivery to keep them cheap.
+# Task events feed Flower. Sent without persistent delivery to keep them cheap, and in
+# groups of up to TASK_EVENTS_GROUP_MS (tasks/broker/consumer.py).
 worker_send_task_events = _settings.WORKER_SEND_TASK_EVENTS
+TASK_EVENTS_GROUP_MS = _settings.TASK_EVENTS_GROUP_MS
+worker_consumer = "tasks.broker.consumer:Consumer"
 task_send_sent_event = False
 event_queue_expires = 60.0
 event_queue_ttl = 10.0

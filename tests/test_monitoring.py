@@ -16,6 +16,7 @@ import time
 
 import pytest
 from celery.events.event import get_exchange
+from celery.events.receiver import EventReceiver
 from kombu import Connection, Exchange, Producer
 
 import celeryconfig as config
@@ -113,12 +114,21 @@ def test_a_reply_with_no_local_binding_reaches_the_queue_named_after_its_routing
         assert bound.get(no_ack=True) is None
 
 
-def test_task_events_reach_a_listener_in_another_process(worker) -> None:
+def test_task_events_reach_a_listener_in_another_process_in_groups(worker) -> None:
+    """Celery's receiver, as Flower runs it, gets every event of a batch; the worker sends
+    those of TASK_EVENTS_GROUP_MS as one message (tasks/broker/consumer.py)."""
     seen: list[str] = []
+    per_message: list[int] = []
+
+    class Receiver(EventReceiver):
+        def _receive(self, body: object, message: object, **kwargs: object) -> None:
+            per_message.append(len(body) if isinstance(body, list) else 1)
+            super()._receive(body, message)
+
     with Connection(
         config.broker_url, transport=config.broker_transport, transport_options=config.broker_transport_options
     ) as conn:
-        receiver = app.events.Receiver(conn, handlers={"*": lambda event: seen.append(event["type"])})
+        receiver = Receiver(conn, handlers={"*": lambda event: seen.append(event["type"])}, app=app)
         listener = threading.Thread(target=receiver.capture, kwargs={"limit": None, "wakeup": False}, daemon=True)
         listener.start()
         try:
@@ -131,7 +141,8 @@ def test_task_events_reach_a_listener_in_another_process(worker) -> None:
         finally:
             receiver.should_stop = True
             listener.join(timeout=10)
-    assert "task-received" in seen
+    assert {"task-received", "task-started", "task-succeeded"} <= set(seen)
+    assert max(per_message) > 1, f"every task event came in a message of its own: {per_message}"
 
 
 @pytest.fixture
