@@ -119,10 +119,30 @@ def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: floa
     metavar="S",
     help="How long --rate sends.",
 )
-def bench(events: int, out: Path, rate: str | None, seconds: float) -> None:
+@click.option(
+    "--table",
+    is_flag=True,
+    help="Every figure of docs/performance.md's table in one run: --events, freshness at 50% and 80%"
+    " for --seconds each, memory at 10,000 and --memory-events; writes table.md (about an hour).",
+)
+@click.option(
+    "--memory-events",
+    type=click.IntRange(min=10_001),
+    default=1_000_000,
+    show_default=True,
+    metavar="N",
+    help="With --table: the long run whose memory is compared with 10,000 events'.",
+)
+def bench(events: int, out: Path, rate: str | None, seconds: float, table: bool, memory_events: int) -> None:
     """Throughput against the best ceiling of 1, 2 and 4 bare clients, worker CPU per event,
     time per stage, memory; with --rate, freshness at a steady load (docs/performance.md)."""
     key_ring()
+    if table:
+        from tasks.dev import table as whole
+
+        click.echo(whole.markdown(whole.measure(out, events, memory_events, seconds)), nl=False)
+        click.echo(f"table: {out / 'table.md'}")
+        return
     if rate is not None:
         from tasks.dev import freshness
 
