@@ -1,18 +1,127 @@
-"""tasks/broker/consumer.py without a worker: the Celery internals it relies on are still
-there, and its consumer is the one the worker uses. Its behaviour is tested through a
-real worker: tests/test_monitoring.py sees a batch's events arrive grouped."""
+"""tasks/broker/consumer.py on a real kombu hub and a real Celery event dispatcher (on
+kombu's in-memory transport), without a worker: when a group of task events is
+published, and what happens to it on a reconnect and at shutdown. The internals it
+relies on are pinned. tests/test_monitoring.py sees a batch's events arrive grouped
+through a real worker and SQS."""
 
 from __future__ import annotations
 
 import inspect
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+from celery import Celery
 from celery.events.dispatcher import EventDispatcher
 from celery.events.receiver import EventReceiver
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer import events
+from kombu.asynchronous import Hub
 
+import celeryconfig as config
 from tasks.broker.consumer import Consumer
 from tasks.celery import app
+
+GROUP_MS = 50
+
+
+class Dispatcher(EventDispatcher):
+    """Celery's dispatcher, noting what it publishes: (routing key, number of events)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.published: list[tuple[str, int]] = []
+        super().__init__(*args, **kwargs)
+
+    def _publish(self, event: Any, producer: Any, routing_key: str, *args: Any, **kwargs: Any) -> None:
+        self.published.append((routing_key, len(event) if isinstance(event, list) else 1))
+        super()._publish(event, producer, routing_key, *args, **kwargs)
+
+
+@pytest.fixture
+def consumer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Consumer]:
+    monkeypatch.setattr(config, "TASK_EVENTS_GROUP_MS", GROUP_MS)
+    memory = Celery("consumer-test", broker="memory://", set_as_current=False)
+    hub = Hub()
+    worker = SimpleNamespace(use_eventloop=True, semaphore=None)  # what the consumer reads of its WorkController
+    c = Consumer(lambda *args: None, app=memory, hub=hub, hostname="test@host", controller=worker)
+    c.event_dispatcher = dispatcher(c)
+    yield c
+    c.event_dispatcher.close()
+    hub.close()
+
+
+def dispatcher(c: Consumer) -> Dispatcher:
+    return Dispatcher(
+        c.connection_for_write(),
+        hostname="test@host",
+        app=c.app,
+        buffer_group=["task"],
+        on_send_buffered=c.on_send_event_buffered,
+    )
+
+
+def run_hub(c: Consumer, seconds: float) -> None:
+    """What the worker's loop does between polls: run what is ready, fire due timers."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        while c.hub._ready:
+            c.hub._ready.pop()()
+        c.hub.fire_timers(max_timers=100)
+        time.sleep(0.005)
+
+
+def send(c: Consumer, *types: str) -> None:
+    for type_ in types:
+        c.event_dispatcher.send(type_, uuid="u1")
+
+
+def test_a_batchs_events_go_as_one_message_after_the_group_time(consumer: Consumer) -> None:
+    send(consumer, "task-received", "task-started")
+    run_hub(consumer, GROUP_MS / 1000 / 5)
+    assert consumer.event_dispatcher.published == []  # waiting for the group
+    send(consumer, "task-succeeded")
+    run_hub(consumer, GROUP_MS / 1000 * 2)
+    assert consumer.event_dispatcher.published == [("task.multi", 3)]
+    send(consumer, "task-received")  # a new group: a new timer
+    run_hub(consumer, GROUP_MS / 1000 * 2)
+    assert consumer.event_dispatcher.published == [("task.multi", 3), ("task.multi", 1)]
+
+
+def test_an_event_with_a_traceback_goes_at_once_with_what_waits(consumer: Consumer) -> None:
+    send(consumer, "task-received", "task-failed")
+    run_hub(consumer, 0.001)
+    assert consumer.event_dispatcher.published == [("task.multi", 2)]
+
+
+def test_an_event_sent_off_the_loops_thread_is_flushed_celerys_way(consumer: Consumer) -> None:
+    sender = threading.Thread(target=send, args=(consumer, "task-succeeded"))
+    sender.start()
+    sender.join()
+    assert consumer._events_timer is None and consumer.hub._ready  # a flush is ready, no timer
+    run_hub(consumer, 0.001)
+    assert consumer.event_dispatcher.published == [("task.multi", 1)]
+
+
+def test_a_reconnect_hands_waiting_events_to_the_next_dispatcher(consumer: Consumer) -> None:
+    send(consumer, "task-received", "task-started")
+    old = consumer.event_dispatcher
+    consumer.on_close()  # the connection is lost: what Celery does before its steps restart
+    new = dispatcher(consumer)
+    new.extend_buffer(old)  # as celery.worker.consumer.events.Events.start does
+    new.flush()
+    assert old.published == [] and new.published == [("task.multi", 2)]
+    old.close()
+    consumer.event_dispatcher = new
+
+
+def test_shutdown_publishes_what_waits(consumer: Consumer) -> None:
+    send(consumer, "task-received")
+    consumer.blueprint.shutdown = lambda parent: None  # type: ignore[method-assign]  # no steps were started
+    consumer.shutdown()
+    assert consumer.event_dispatcher.published == [("task.multi", 1)]
 
 
 def test_the_worker_uses_it() -> None:
@@ -20,15 +129,13 @@ def test_the_worker_uses_it() -> None:
     assert issubclass(Consumer, CeleryConsumer)
 
 
-def test_celery_buffers_task_events_and_asks_the_consumer_when_to_flush() -> None:
+def test_the_celery_internals_it_relies_on_are_there() -> None:
     step = inspect.getsource(events.Events.start)
-    assert "buffer_group=['task'] if c.hub" in step
-    assert "on_send_buffered=c.on_send_event_buffered" in step
+    assert "buffer_group=['task'] if c.hub" in step and "on_send_buffered=c.on_send_event_buffered" in step
+    assert "dis.extend_buffer(prev)" in step and "dis.flush()" in step
     assert "self._flush_events_promise = promise(self._flush_events)" in inspect.getsource(CeleryConsumer.__init__)
     assert "self.event_dispatcher.flush()" in inspect.getsource(CeleryConsumer._flush_events)
-    assert list(inspect.signature(CeleryConsumer.shutdown).parameters) == ["self"]
-
-
-def test_a_group_is_one_message_the_receiver_unpacks() -> None:
+    assert inspect.signature(EventDispatcher.__init__).parameters["buffer_limit"].default == 24
     assert "'%s.multi' % group" in inspect.getsource(EventDispatcher.flush)
+    assert "for event, routing_key in buf" in inspect.getsource(EventDispatcher.flush)
     assert "isinstance(body, list)" in inspect.getsource(EventReceiver._receive)
