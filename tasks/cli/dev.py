@@ -137,6 +137,8 @@ def bench(events: int, out: Path, rate: str | None, seconds: float, table: bool,
     """Throughput against the best ceiling of 1, 2 and 4 bare clients, worker CPU per event,
     time per stage, memory; with --rate, freshness at a steady load (docs/performance.md)."""
     key_ring()
+    if table and rate is not None:
+        raise click.UsageError("--table measures freshness at 50% and 80% itself: leave out --rate")
     if table:
         from tasks.dev import table as whole
 

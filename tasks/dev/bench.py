@@ -26,7 +26,7 @@ from tasks.broker import aws
 from tasks.dev import ceiling, localstack_requests, runner, seed, stack
 from tasks.dev.ceiling import Ceiling
 from tasks.dev.localstack_requests import Mark
-from tasks.dev.proc import cpu_seconds, peak_rss
+from tasks.dev.proc import CpuMeter, peak_rss
 from tasks.pipeline import store
 from tasks.pipeline.source import Received, SourceQueue
 
@@ -94,15 +94,46 @@ def _receive_all(source: SourceQueue, size: int) -> list[Received]:
     return received
 
 
+class SteadyPart:
+    """The steady part of a run, from 10% to 90% of the events committed: the worker's and
+    LocalStack's CPU over it, and LocalStack's calls."""
+
+    def __init__(self, events: int, worker: psutil.Process) -> None:
+        self.bounds = (0.1 * events, 0.9 * events)
+        self.worker, self.localstack = CpuMeter(worker), CpuMeter(stack.localstack_process())
+        self.done: list[int] = []
+        self.marks: list[Mark | None] = []
+
+    def look(self, done: int) -> None:
+        if len(self.done) == 2 or done < self.bounds[len(self.done)]:
+            return
+        for meter in (self.worker, self.localstack):
+            if self.done:
+                meter.stop()
+            else:
+                meter.start()
+        self.done.append(done)
+        self.marks.append(localstack_requests.mark())
+
+    def record(self, figures: Figures) -> None:
+        """Into `figures`; nothing when both bounds were passed at one look (a tiny run)."""
+        events = self.done[1] - self.done[0] if len(self.done) == 2 else 0
+        if events <= 0:
+            return
+        figures.worker_cpu_us_per_event = self.worker.per_event(events) or 0.0
+        figures.localstack_cpu_us_per_event = self.localstack.per_event(events)
+        calls = localstack_requests.between(self.marks[0], self.marks[1])
+        figures.localstack_calls_per_1000 = localstack_requests.per_thousand(calls, events)
+
+
 def pipeline_run(bodies: list[str], figures: Figures) -> None:
     seed.send(config.SOURCE_QUEUE, bodies)
     conn = store.connect(config.database_url())
     before = store.totals(conn)["received"]
     commands = {"worker": runner.worker_command(), "beat": runner.beat_command()}
-    steady: dict[float, tuple[int, float, float, Mark | None]] = {}  # share -> done, worker CPU, LocalStack's
-    localstack = stack.localstack_process()
     with runner.processes(commands) as running, tqdm(total=len(bodies), desc="pipeline", unit="ev") as bar:
         worker = psutil.Process(running["worker"].pid)
+        steady = SteadyPart(len(bodies), worker)
         while aws.queue_depth(config.SOURCE_QUEUE)["in_flight"] == 0:  # until the first fetch
             time.sleep(0.05)
         started = time.monotonic()
@@ -112,21 +143,12 @@ def pipeline_run(bodies: list[str], figures: Figures) -> None:
             done = store.totals(conn)["received"] - before
             bar.update(done - bar.n)
             figures.series.append((round(time.monotonic() - started, 2), done))
-            for share in (0.1, 0.9):
-                if share not in steady and done >= share * len(bodies):
-                    ls_cpu = cpu_seconds(localstack) if localstack else 0.0
-                    steady[share] = (done, cpu_seconds(worker), ls_cpu, localstack_requests.mark())
+            steady.look(done)
         elapsed = time.monotonic() - started
         figures.peak_rss_mb = peak_rss(worker)
     conn.close()
     figures.pipeline_per_s = len(bodies) / elapsed
-    (done_10, cpu_10, ls_10, mark_10), (done_90, cpu_90, ls_90, mark_90) = steady[0.1], steady[0.9]
-    steady_events = max(done_90 - done_10, 1)
-    figures.worker_cpu_us_per_event = round((cpu_90 - cpu_10) / steady_events * 1e6, 1)
-    if localstack:
-        figures.localstack_cpu_us_per_event = round((ls_90 - ls_10) / steady_events * 1e6, 1)
-    calls = localstack_requests.between(mark_10, mark_90)
-    figures.localstack_calls_per_1000 = localstack_requests.per_thousand(calls, steady_events)
+    steady.record(figures)
     figures.first_tenth_per_s, figures.last_tenth_per_s = tenth_rates(figures.series, len(bodies))
 
 
@@ -187,7 +209,7 @@ def _us(value: float | None) -> str:
 
 
 def _calls(per_1000: dict[str, float]) -> str:
-    return ", ".join(f"{op} {n:g}" for op, n in per_1000.items()) or "unknown (LocalStack not started by this stack)"
+    return ", ".join(f"{op} {n:g}" for op, n in per_1000.items()) or "unknown (no LocalStack log, or no steady part)"
 
 
 def report(figures: Figures, out: Path) -> str:

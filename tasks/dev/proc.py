@@ -33,18 +33,22 @@ def peak_rss(process: psutil.Process) -> dict[str, float]:
 
 
 class CpuMeter:
-    """CPU a process tree spends between `start` and `per_event`, per event in µs; a
-    meter without a process (LocalStack started elsewhere) reads None."""
+    """CPU a process tree spends between `start` and `stop`, per event in µs; a meter
+    without a process (no LocalStack found) reads None."""
 
     def __init__(self, process: psutil.Process | None) -> None:
         self.process = process
-        self.started = 0.0
+        self.spent = 0.0
 
     def start(self) -> None:
         if self.process is not None:
-            self.started = cpu_seconds(self.process)
+            self.spent = -cpu_seconds(self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.spent += cpu_seconds(self.process)
 
     def per_event(self, events: int) -> float | None:
-        if self.process is None:
+        if self.process is None or events <= 0:
             return None
-        return round((cpu_seconds(self.process) - self.started) / max(events, 1) * 1e6, 1)
+        return round(self.spent / events * 1e6, 1)

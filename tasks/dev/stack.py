@@ -136,16 +136,24 @@ def log_path() -> Path:
 
 def localstack_process() -> psutil.Process | None:
     """The LocalStack process answering on LOCALSTACK_PORT, for the benches' CPU figures:
-    the one this stack started, else whichever of this user's processes listens there."""
+    the one this stack started, else a LocalStack process listening there (not a proxy
+    in front of one, not a process that took over a stale pid); None if there is none."""
+    candidates: list[int] = []
     pid_file = _paths()["pid"]
-    try:
-        if pid_file.exists():
-            return psutil.Process(int(pid_file.read_text()))
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == config.LOCALSTACK_PORT and conn.pid:
-                return psutil.Process(conn.pid)
-    except (psutil.Error, ValueError, OSError):
-        pass
+    with contextlib.suppress(ValueError, OSError):
+        candidates.append(int(pid_file.read_text()))
+    with contextlib.suppress(psutil.Error, OSError):
+        listening = psutil.net_connections(kind="tcp")
+        candidates += [
+            c.pid
+            for c in listening
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == config.LOCALSTACK_PORT and c.pid
+        ]
+    for pid in candidates:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            if "localstack" in " ".join(process.cmdline()):
+                return process
     return None
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.dev import bench, freshness
+from tasks.dev import bench, ceiling, freshness
 from tasks.dev.bench import Figures
 from tasks.dev.freshness import Freshness
 
@@ -28,14 +28,14 @@ class Table:
 
 
 def measure(out: Path, events: int, memory_events: int, seconds: float) -> Table:
-    throughput = bench.bench(events, out / f"bench-{events}")
+    throughput = bench.bench(events, out / "throughput")
     fresh = {}
     for share in SHARES:
         fresh[share] = freshness.measure(share, seconds)
         folder = out / f"freshness-{share.rstrip('%')}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "freshness.json").write_text(json.dumps(asdict(fresh[share]), indent=2))
-    memory = {n: bench.bench(n, out / f"bench-{n}") for n in (10_000, memory_events)}
+    memory = {n: bench.bench(n, out / f"memory-{n}") for n in (10_000, memory_events)}
     table = Table(throughput, fresh, memory)
     (out / "table.json").write_text(json.dumps(asdict(table), indent=2))
     (out / "table.md").write_text(markdown(table))
@@ -43,29 +43,31 @@ def measure(out: Path, events: int, memory_events: int, seconds: float) -> Table
 
 
 def _main_and_pool(figures: Figures) -> tuple[float, float]:
-    """Peak RSS of the worker's main process and the largest of its pool processes."""
-    peaks = list(figures.peak_rss_mb.values())
-    return peaks[0], max(peaks[1:], default=0.0)
+    """Peak RSS of the worker's main process and the largest of its pool processes (the
+    main process comes first: bench.peak_rss)."""
+    peaks = list(figures.peak_rss_mb.values()) or [float("nan")]
+    return peaks[0], max(peaks[1:], default=float("nan"))
 
 
 def markdown(table: Table) -> str:
     t = table.throughput
-    best = max(t.ceilings, key=lambda c: c.per_s)
+    best = ceiling.best(t.ceilings)
     ceilings = " / ".join(f"{c.per_s:,.0f}" for c in t.ceilings)
     clients = " / ".join(str(c.clients) for c in t.ceilings)
     calls_pipeline, calls_best = t.localstack_calls_per_1000.get("all"), best.localstack_calls_per_1000.get("all")
     rows = [
         "| | figure | target |",
         "|---|---|---|",
-        f"| ceiling, {clients} bare client processes ({t.events:,} events each run) | {ceilings} events/s"
+        f"| ceiling, {clients} bare client processes ({best.events:,} events each run) | {ceilings} events/s"
         f" (best: {best.clients}) | |",
         f"| the pipeline, {t.events:,} events | {t.pipeline_per_s:,.0f} events/s | |",
         f"| ratio to the best ceiling | **{t.ratio:.2f}×** (the best again after the pipeline:"
         f" {t.ceiling_end_per_s:,.0f}/s) | ≥ 0.95× |",
         f"| worker CPU per event, steady part | **{t.worker_cpu_us_per_event:.0f} µs** (bare clients:"
         f" {best.cpu_us_per_event:.0f} µs) | ≤ 150 µs |",
-        f"| LocalStack: CPU / calls per 1,000 events | pipeline {_or(t.localstack_cpu_us_per_event)} µs /"
-        f" {_or(calls_pipeline)}; best ceiling {_or(best.localstack_cpu_us_per_event)} µs / {_or(calls_best)} | |",
+        f"| LocalStack: CPU per event, calls per 1,000 events | pipeline {_us(t.localstack_cpu_us_per_event)},"
+        f" {_or(calls_pipeline)} calls; best ceiling {_us(best.localstack_cpu_us_per_event)},"
+        f" {_or(calls_best)} calls | |",
     ]
     for share, f in table.freshness.items():
         target = "≤ 1 s" if share == "50%" else "≤ 2 s"
@@ -87,6 +89,10 @@ def markdown(table: Table) -> str:
         f" at the start, {big.ceiling_end_per_s:,.0f}/s at the end | no decline |",
     ]
     return "\n".join(rows) + "\n"
+
+
+def _us(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.0f} µs"
 
 
 def _or(value: float | None) -> str:

@@ -38,9 +38,8 @@ def test_the_table_holds_every_figure_the_issue_asks_for() -> None:
         {10_000: figures(10_000, 150.0, 105.0), 1_000_000: figures(1_000_000, 165.0, 107.0)},
     )
     text = markdown(table)
-    assert "2,000 / 2,500 events/s (best: 2)" in text
+    assert "(20,000 events each run) | 2,000 / 2,500 events/s (best: 2)" in text
     assert "**0.95×**" in text and "**127 µs**" in text
-    assert "pipeline 510 µs / 212; best ceiling unknown µs / unknown" in text  # the best is the 2-client run
+    assert "pipeline 510 µs, 212 calls; best ceiling unknown, unknown calls" in text  # the best: 2 clients
     assert "freshness at 50% (1,250/s)" in text and "**0.69**" in text and "**1.80**" in text
     assert "150.0 → 165.0 MB (**1.10×**)" in text and "≤ 105.0 → ≤ 107.0 MB (1.02×)" in text
-    assert len(text.splitlines()) == 12
