@@ -123,7 +123,7 @@ def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: floa
     "--table",
     is_flag=True,
     help="Every figure of docs/performance.md's table in one run: --events, freshness at 50% and 80%"
-    " for --seconds each, memory at 10,000 and --memory-events; writes table.md (about an hour).",
+    " for --seconds each, memory at 10,000 and --memory-events; writes table.md (about half an hour).",
 )
 @click.option(
     "--memory-events",
