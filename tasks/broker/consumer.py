@@ -40,10 +40,9 @@ class Consumer(CeleryConsumer):
     def on_send_event_buffered(self) -> None:
         """Called by the dispatcher for each task event it buffers."""
         delay = config.TASK_EVENTS_GROUP_MS / 1000
-        if not (self.hub and delay) or threading.current_thread() is not threading.main_thread():
-            return super().on_send_event_buffered()
-        if self._last_buffered_type() in WITH_TRACEBACK:
-            return super().on_send_event_buffered()
+        off_the_loop = threading.current_thread() is not threading.main_thread()
+        if not (self.hub and delay) or off_the_loop or self._last_buffered_type() in WITH_TRACEBACK:
+            return super().on_send_event_buffered()  # Celery's own: a flush at the loop's next turn
         if self._events_timer is None or self._events_timer.canceled:
             self._events_timer = self.hub.call_later(delay, self._flush_events)
 

@@ -7,8 +7,6 @@ so in one line (exit 2) instead of failing on import.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -148,10 +146,7 @@ def bench(events: int, out: Path, rate: str | None, seconds: float, table: bool,
     if rate is not None:
         from tasks.dev import freshness
 
-        result = freshness.measure(rate, seconds)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "freshness.json").write_text(json.dumps(asdict(result), indent=2))
-        click.echo(freshness.report(result))
+        click.echo(freshness.report(freshness.measure(rate, seconds, out)))
         return
     from tasks.dev import bench as measure
 

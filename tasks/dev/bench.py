@@ -204,8 +204,9 @@ def bench(events: int, out: Path) -> Figures:
     return figures
 
 
-def _us(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.0f} µs"
+def microseconds(value: float | None) -> str:
+    """A CPU figure as the reports print it."""
+    return "unknown" if value is None else f"{value:,.0f} µs"
 
 
 def _calls(per_1000: dict[str, float]) -> str:
@@ -226,8 +227,8 @@ def report(figures: Figures, out: Path) -> str:
         f" (first tenth {figures.first_tenth_per_s:,.0f}/s, last tenth {figures.last_tenth_per_s:,.0f}/s)",
         f"ratio                  {figures.ratio:.2f}x the best ceiling",
         f"worker CPU             {figures.worker_cpu_us_per_event:.0f} µs per event (steady part)",
-        f"LocalStack's CPU       {_us(figures.localstack_cpu_us_per_event)} per event under the pipeline (steady part),"
-        f" {_us(best.localstack_cpu_us_per_event)} under the best ceiling's clients",
+        f"LocalStack's CPU       {microseconds(figures.localstack_cpu_us_per_event)} per event under the pipeline"
+        f" (steady part), {microseconds(best.localstack_cpu_us_per_event)} under the best ceiling's clients",
         "LocalStack's calls per 1,000 events: pipeline " + _calls(figures.localstack_calls_per_1000),
         "                                     best ceiling " + _calls(best.localstack_calls_per_1000),
         "time per batch of {} (ms): {}".format(

@@ -13,10 +13,12 @@ share of the best ceiling measured first in the same run ("50%").
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import celeryconfig as config
 from tasks.dev import ceiling, runner, seed, stack
@@ -117,7 +119,8 @@ def wait_for_a_fetch(conn: store.Connection, since: float, timeout: float = 60) 
     raise RuntimeError(f"no fetch ran within {timeout:.0f} s of the worker's start: see .stack/logs")
 
 
-def measure(rate: str, seconds: float) -> Freshness:
+def measure(rate: str, seconds: float, out: Path) -> Freshness:
+    """Freshness at `rate` for `seconds`; the figures also go to out/freshness.json."""
     stack.up()
     share = rate.endswith("%")
     best = None
@@ -148,6 +151,8 @@ def measure(rate: str, seconds: float) -> Freshness:
     result.histogram = {f"p{round(q * 100)}": round(quantile(q, delta, bounds), 3) for q in QUANTILES}
     top = max(i for i, count in enumerate(delta) if count)
     result.histogram["max"] = bounds[top] if top < len(bounds) else float("inf")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "freshness.json").write_text(json.dumps(asdict(result), indent=2))
     return result
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.dev import bench, ceiling, freshness
-from tasks.dev.bench import Figures
+from tasks.dev.bench import Figures, microseconds
 from tasks.dev.freshness import Freshness
 
 SHARES = ("50%", "80%")
@@ -29,12 +29,7 @@ class Table:
 
 def measure(out: Path, events: int, memory_events: int, seconds: float) -> Table:
     throughput = bench.bench(events, out / "throughput")
-    fresh = {}
-    for share in SHARES:
-        fresh[share] = freshness.measure(share, seconds)
-        folder = out / f"freshness-{share.rstrip('%')}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "freshness.json").write_text(json.dumps(asdict(fresh[share]), indent=2))
+    fresh = {share: freshness.measure(share, seconds, out / f"freshness-{share.rstrip('%')}") for share in SHARES}
     memory = {n: bench.bench(n, out / f"memory-{n}") for n in (10_000, memory_events)}
     table = Table(throughput, fresh, memory)
     (out / "table.json").write_text(json.dumps(asdict(table), indent=2))
@@ -65,8 +60,8 @@ def markdown(table: Table) -> str:
         f" {t.ceiling_end_per_s:,.0f}/s) | ≥ 0.95× |",
         f"| worker CPU per event, steady part | **{t.worker_cpu_us_per_event:.0f} µs** (bare clients:"
         f" {best.cpu_us_per_event:.0f} µs) | ≤ 150 µs |",
-        f"| LocalStack: CPU per event, calls per 1,000 events | pipeline {_us(t.localstack_cpu_us_per_event)},"
-        f" {_or(calls_pipeline)} calls; best ceiling {_us(best.localstack_cpu_us_per_event)},"
+        f"| LocalStack: CPU per event, calls per 1,000 events | pipeline {microseconds(t.localstack_cpu_us_per_event)},"
+        f" {_or(calls_pipeline)} calls; best ceiling {microseconds(best.localstack_cpu_us_per_event)},"
         f" {_or(calls_best)} calls | |",
     ]
     for share, f in table.freshness.items():
@@ -89,10 +84,6 @@ def markdown(table: Table) -> str:
         f" at the start, {big.ceiling_end_per_s:,.0f}/s at the end | no decline |",
     ]
     return "\n".join(rows) + "\n"
-
-
-def _us(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:,.0f} µs"
 
 
 def _or(value: float | None) -> str:
