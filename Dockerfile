@@ -1,7 +1,7 @@
 # The pipeline's runtime image: worker, beat, Flower and the one-shot init (`python -m tasks
-# init`) run from it. It carries requirements.txt and the package only: no tasks/dev
-# (embedded stack, seed, bench), no tests, no development dependencies (.dockerignore keeps
-# them out of the build context, and the build fails if tasks/dev got in anyway).
+# init`) run from it. It carries requirements.txt and the runtime package only: no dev/
+# (the development distribution: embedded stack, seed, bench), no tests, no development
+# dependencies (.dockerignore keeps them out of the build context).
 #
 # Base image: a tag, not a digest. No digest of the current python:3.11-slim could be checked
 # from where this file was written, and a stale digest would pin old, unpatched packages.
@@ -29,8 +29,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 # reads init.sql beside the package. Compiled now, as the root filesystem is read-only later.
 COPY pyproject.toml celeryconfig.py flowerconfig.py init.sql ./
 COPY tasks/ tasks/
-RUN test ! -e tasks/dev \
-    && pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info \
     && python -m compileall -q tasks celeryconfig.py flowerconfig.py
 

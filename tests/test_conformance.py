@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import celeryconfig as config
-from tasks.dev import conformance
+from devkit import conformance
 from tests.helpers import free_port, kill_group, spawn, wait_until
 
 # Celery's test publishes an ETA task and asks the worker for it on the next line; the task

@@ -18,8 +18,15 @@ keeps Celery's own behaviour. Bounds and edges:
   not its buffered groups; ``on_close`` moves them among the unsent first.
 - Shutdown publishes what waits before the dispatcher closes.
 
-Selected by ``worker_consumer`` in celeryconfig.py; the Celery internals used are pinned
-and the grouping is driven on a real hub and dispatcher by tests/unit/test_consumer.py.
+Selected by ``worker_consumer`` in celeryconfig.py; tests/unit/test_consumer.py drives the
+grouping on a real hub, with the dispatcher Celery's Events bootstep makes and a real
+EventReceiver reading the groups.
+
+Kept on a measurement with 10 ms of network latency (docs/upstream.md): freshness p99
+1.20 s grouped against 1.62 to 1.89 s ungrouped at the same load, throughput within noise.
+
+Upstream: none filed; draft (a ``worker_event_group_interval`` setting) in
+docs/upstream.md. Delete when Celery offers it, with TASK_EVENTS_GROUP_MS.
 """
 
 from __future__ import annotations

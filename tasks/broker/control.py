@@ -12,6 +12,11 @@ its own copy of the mailbox instead of keeping it for good (kombu's ``unclaimed`
 The app uses it through ``control=`` in tasks/celery.py; tests/unit/test_control.py
 pins the kombu internals it relies on: ``Mailbox.oid``, ``reply_queue``,
 ``get_reply_queue``, ``unclaimed`` and ``common.oid_from``.
+
+Upstream: celery#8348 (open: SQS reply queues pile up); a patch to kombu is drafted in
+docs/upstream.md. Known cost: kombu counts a late reply against the next call's
+``limit``. Delete when kombu names reply queues stably (`python dev/devkit/repro.py
+control` exits 3), with ``control=`` in tasks/celery.py.
 """
 
 from __future__ import annotations

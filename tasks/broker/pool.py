@@ -21,9 +21,15 @@ has any of (their messages go back to the queue), and keeps every other one: tim
 acked when done, its result read. Results are read until every child has exited, from
 all the children's pipes at once.
 
-Selected by ``worker_pool`` in celeryconfig.py; ``tests/test_faults.py`` sends 20
-SIGTERMs at random moments of a batch stream. The Celery and billiard internals used are
-pinned by tests/unit/test_pool.py.
+Selected by ``worker_pool`` in celeryconfig.py. tests/test_pool_shutdown.py holds a
+payload half written (its child stopped) and sends SIGTERM: this pool exits within
+seconds and the batch is written; stock Celery's (``CELERY_WORKER_POOL=processes``) hangs
+there every time (2026-12-07, Celery 5.7.0). tests/test_faults.py adds 20 SIGTERMs at
+random moments of a batch stream.
+
+Upstream: none filed; draft issue and patch in docs/upstream.md (celery#1310 is related,
+not the same). Delete when stock Celery's pool passes tests/test_pool_shutdown.py run with
+``CELERY_WORKER_POOL=processes``; then remove ``worker_pool`` and tests/unit/test_pool.py too.
 """
 
 from __future__ import annotations

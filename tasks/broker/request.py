@@ -9,7 +9,12 @@ messages, with raw ip and device_id, so none of those may carry them.
 ``BatchRequest`` is the batch task's ``Request`` class (Celery's supported extension
 point, ``Task.Request``). It works out the summary from the arguments it received,
 without trusting the producer's header, and reports only that, so every client is
-covered: Flower, `celery inspect`, events and logs.
+covered: Flower, `celery inspect`, events and logs. Private attributes written:
+``_request_dict``, ``_argsrepr``, ``_kwargsrepr``; read: ``_args``.
+
+Upstream: none filed; draft in docs/upstream.md (celery PR #6595 is related). Delete when
+Celery reports ``argsrepr`` in every inspect reply by a setting and computes it in the
+worker by a hook (`python dev/devkit/repro.py request` exits 3 with that setting).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The root group, `python -m tasks`, and the operator's commands: what the production
-image runs (tasks/ops). The developer's commands hang below it as `dev` (tasks/cli/dev.py).
+image runs (tasks/ops). The developer's commands hang below it as `dev`, from the
+development distribution (dev/devkit/cli.py), which registers through the
+`login_pipeline.commands` entry point; where it is not installed (the image, a wheel),
+`dev` says so in one line.
 
 Commands are thin: they check their options (click ranges and choices), call the
 layer's functions, imported when the command runs, and print the result. A failure is
@@ -11,14 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import date, datetime
+from importlib.metadata import entry_points
 from typing import Any
 
 import click
 
-from tasks.cli.common import SECONDS, key_ring, refused
-from tasks.cli.dev import dev
+from tasks.cli.common import MOMENT, SECONDS, key_ring, refused, say
 from tasks.cli.errors import Translating
-from tasks.ops.failures import Exit
+from tasks.ops.failures import COMMAND_PLUGINS, Exit, Failure
+from tasks.pipeline.reasons import CLASSES, SELECTABLE
 
 PACKAGE = "login-pipeline"
 
@@ -48,7 +52,7 @@ def init() -> None:
     from tasks.ops import provision
 
     provision.init()
-    click.echo("queues and schema ready")
+    say("queues and schema ready")
 
 
 @root.command()
@@ -61,7 +65,7 @@ def status(as_json: bool) -> None:
     from tasks.ops import status as probe
 
     report = probe.survey()
-    click.echo(json.dumps(report, indent=2) if as_json else probe.render(report))
+    say(json.dumps(report, indent=2) if as_json else probe.render(report))
     if probe.unreachable(report):
         raise click.exceptions.Exit(Exit.UNREACHABLE)
 
@@ -80,7 +84,7 @@ def health(beat: bool, max_age: float) -> None:
     from tasks.ops import health as probe
 
     verdict = probe.check("beat" if beat else "worker", max_age)
-    click.echo(verdict.line, err=not verdict.alive)
+    say(verdict.line, err=not verdict.alive)
     if not verdict.alive:
         raise click.exceptions.Exit(Exit.NEGATIVE)
 
@@ -103,26 +107,59 @@ def metrics(address: str | None, port: int | None) -> None:
 
 
 @root.command()
-@click.option("--dry-run", is_flag=True, help="Only say what would move and what would stay, by reason.")
+@click.option("--dry-run", is_flag=True, help="Only count, by reason, what would move and what would stay.")
+@click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    type=click.Choice(SELECTABLE),
+    metavar="CLASS",
+    help="Only dead letters of this reason class (repeatable): transient (a batch given up after its retries:"
+    " what an outage leaves), permanent, malformed (records that can never be rows), moved_by_sqs, or a class"
+    f" of /metrics: {', '.join(CLASSES)}.",
+)
+@click.option(
+    "--since", type=MOMENT, metavar="TIME", help="Only letters dead-lettered at or after TIME (UTC, or 2h ago)."
+)
+@click.option("--until", type=MOMENT, metavar="TIME", help="Only letters dead-lettered at or before TIME.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Move at most N messages.")
 @click.option("--batches", is_flag=True, help="Replay the batch dead-letter queue (batch tasks SQS set aside).")
-def redrive(dry_run: bool, limit: int | None, batches: bool) -> None:
+def redrive(
+    dry_run: bool,
+    reasons: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+    batches: bool,
+) -> None:
     """Move dead letters back to login-queue once their cause is fixed, by reason.
 
     A record still bad is dead-lettered again with its reason; one already written is
-    skipped as a duplicate (docs/reliability.md).
+    skipped as a duplicate (docs/reliability.md). A run moves only letters that were
+    there when it began, each once; those it does not take stay, untouched. TIME is
+    ISO 8601 (2026-12-07T14:05, UTC unless an offset is given) or an age (30m, 2h, 7d).
     """
+    from tasks.ops.redrive import Filter, redrive_batches
     from tasks.ops.redrive import redrive as replay
-    from tasks.ops.redrive import redrive_batches
 
+    if since and until and since > until:
+        raise click.UsageError("--since is later than --until: nothing could match")
     if batches:
-        click.echo(str(redrive_batches(limit=limit, dry_run=dry_run)))
-    else:
-        click.echo(str(replay(key_ring(), limit=limit, dry_run=dry_run)))
+        if reasons or since or until:
+            raise click.UsageError("--reason, --since and --until pick record dead letters, not --batches")
+        say(str(redrive_batches(limit=limit, dry_run=dry_run)))
+        return
+    where = Filter(frozenset(reasons), _ms(since), _ms(until))
+    say(str(replay(key_ring(), limit=limit, dry_run=dry_run, where=where)))
 
 
-def _recovery(work: Callable[[Any, Any], list[str]]) -> None:
-    """Check the key and the mode, then run `work(connection, masker)` and print its lines."""
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _recovery(work: Callable[[Any, Any], list[str]], needs_siv: bool = True) -> None:
+    """Check the key (and that the mode is siv, if it `needs_siv`), then run
+    `work(connection, masker)` and print its lines."""
     import celeryconfig as config
     from tasks.ops import recovery
     from tasks.pipeline import store
@@ -131,12 +168,13 @@ def _recovery(work: Callable[[Any, Any], list[str]]) -> None:
 
     try:
         masker = load_masker()
-        recovery.check_mode(masker)
+        if needs_siv:
+            recovery.check_mode(masker)
     except (MaskingKeyError, ValueError, recovery.RecoveryRefused) as exc:
         raise refused(exc) from exc
     conn = store.connect(config.database_url())
     try:
-        click.echo("\n".join(work(conn, masker)))
+        say("\n".join(work(conn, masker)))
     except (recovery.RecoveryRefused, recovery.TokenError, MaskingKeyError) as exc:
         raise refused(exc) from exc
     finally:
@@ -166,12 +204,13 @@ def unmask(
     Give TOKENS of user_logins, or filters that pick them (docs/privacy.md).
     """
     from tasks.ops import recovery
+    from tasks.ops.terminal import escaped
 
     where = recovery.TokenFilter(user_id, _day(since), _day(until))
 
     def work(conn: Any, masker: Any) -> list[str]:
         recovered = recovery.unmask(conn, masker, field, reason, where, list(tokens))
-        return [f"{token}\t{value}" for token, value in recovered]
+        return [f"{escaped(token)}\t{escaped(value)}" for token, value in recovered]
 
     _recovery(work)
 
@@ -180,11 +219,73 @@ def unmask(
 @click.option(
     "--batch", type=click.IntRange(min=1), default=1000, show_default=True, metavar="ROWS", help="Rows per transaction."
 )
-def rekey(batch: int) -> None:
-    """Re-tokenise rows to the newest key version (siv mode), in short resumable batches."""
+@click.option(
+    "--retire",
+    type=click.IntRange(min=1),
+    metavar="VERSION",
+    help="Instead: retire this key version (re-mask what uses it, refuse while anything needs it, remove it).",
+)
+def rekey(batch: int, retire: int | None) -> None:
+    """Re-tokenise rows to the newest key version (siv mode), in short resumable batches.
+
+    With --retire VERSION, retire that version instead (either mode): re-mask its siv
+    tokens, refuse while a row, a queued message or a recent tombstone needs it, and
+    remove it from the key file (docs/privacy.md).
+    """
     from tasks.ops import recovery
 
-    _recovery(lambda conn, masker: [f"re-keyed {recovery.rekey(conn, masker, batch)} rows"])
+    if retire is not None:  # in either mode (tasks/ops/retirement.py)
+        from tasks.ops import retirement
+
+        _recovery(lambda conn, masker: retirement.retire(conn, masker, retire, batch).lines(), needs_siv=False)
+        return
+
+    def work(conn: Any, masker: Any) -> list[str]:
+        lines = [f"re-keyed {recovery.rekey(conn, masker, batch)} rows"]
+        if one_way := recovery.one_way_rows(conn):
+            lines.append(f"{one_way} rows keep hmac tokens: one-way, they cannot be re-keyed (docs/privacy.md)")
+        return lines
+
+    _recovery(work)
+
+
+@root.command()
+@click.option("--user-id", metavar="USER_ID", help="The user to forget.")
+@click.option("--reason", help="Why (visible text, e.g. the request's ticket); written to erasure_audit.")
+@click.option(
+    "--from-file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
+    help="Requests, one a line: USER_ID, or USER_ID<TAB>REASON (else --reason); `-` for stdin.",
+)
+@click.option(
+    "--scan-limit",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    metavar="N",
+    help="Messages read per dead-letter queue in one pass.",
+)
+def forget(user_id: str | None, reason: str | None, from_file: Any, scan_limit: int) -> None:
+    """Erase users: their rows, dead letters and set-aside events, with an audit and a tombstone.
+
+    Later batches and `redrive` drop their events sent before the erasure. The audit and
+    the tombstone keep a keyed hash of the user id, never the id. Safe to run again
+    (docs/privacy.md).
+    """
+    from tasks.ops import erasure
+
+    if (user_id is None) == (from_file is None):
+        raise click.UsageError("give --user-id or --from-file (not both)")
+    try:
+        if from_file is not None:
+            requests = erasure.read_requests(from_file, reason)
+        else:
+            requests = [erasure.Request(str(user_id), reason or "")]
+        erasure.check(requests)
+    except erasure.ErasureRefused as exc:
+        raise refused(exc) from exc
+    say(str(erasure.forget(key_ring(), requests, scan_limit)))
 
 
 @root.command()
@@ -201,19 +302,43 @@ def sweep(older_than: float) -> None:
     from tasks.ops import sweep as sweeper
 
     swept = sweeper.sweep(older_than)
-    click.echo(f"removed {swept['queues']} queues and {swept['subscriptions']} subscriptions")
+    say(f"removed {swept['queues']} queues and {swept['subscriptions']} subscriptions")
 
 
 @root.command()
-@click.option("--write-readme", is_flag=True, help="Write README's tables of every setting and metric instead.")
-def config(write_readme: bool) -> None:
+def config() -> None:
     """The settings in effect, each marked environment or default, secrets hidden."""
-    from tasks.ops import readme, settings_report
+    from tasks.ops import settings_report
 
-    if write_readme:
-        readme.write_settings_table()
-    else:
-        click.echo(settings_report.render(settings_report.settings_in_effect()))
+    say(settings_report.render(settings_report.settings_in_effect()))
 
 
-root.add_command(dev)  # last: the operator's commands come first in `--help` and README
+NOT_INSTALLED = "the development commands are not installed here: a checkout's `make demo` installs them"
+
+
+def unavailable(name: str, why: str) -> click.Command:
+    """A stand-in for a plug-in group that is missing or does not load: it says why, in one
+    line (exit 2), and the operator's commands work on."""
+
+    @click.command(name, context_settings={"ignore_unknown_options": True}, help=why)
+    @click.argument("words", nargs=-1, type=click.UNPROCESSED)
+    def command(words: tuple[str, ...]) -> None:
+        raise Failure(why, Exit.USAGE)
+
+    return command
+
+
+def add_plugins(group: click.Group) -> None:
+    """The command groups other distributions register (`login_pipeline.commands`), last:
+    the operator's commands come first in `--help` and docs/commands.md."""
+    for entry in entry_points(group=COMMAND_PLUGINS):
+        try:
+            group.add_command(entry.load(), entry.name)
+        except Exception as exc:  # a broken development install must not take `status` with it
+            reason = f"the {entry.name} commands did not load ({type(exc).__name__}: {exc}); make demo reinstalls them"
+            group.add_command(unavailable(entry.name, reason))
+    if "dev" not in group.commands:
+        group.add_command(unavailable("dev", NOT_INSTALLED))
+
+
+add_plugins(root)

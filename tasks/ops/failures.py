@@ -1,6 +1,6 @@
 """What went wrong, in one line an operator can act on, and the exit code it gives.
 
-Every `python -m tasks` command ends in one of these codes (README, "Exit codes"):
+Every `python -m tasks` command ends in one of these codes (docs/commands.md, its exit code table):
 
     0  done
     1  the command's own negative answer (health: no recent heartbeat; run --drain: not drained in time)
@@ -21,8 +21,11 @@ import subprocess
 import traceback
 from dataclasses import dataclass
 from enum import IntEnum
+from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from tasks.ops.terminal import escaped
 
 
 class Exit(IntEnum):
@@ -34,13 +37,14 @@ class Exit(IntEnum):
     BUG = 5
 
 
-# README's exit code table is made from these (tasks/cli/readme.py).
+# docs/commands.md's exit code table is made from these (dev/devkit/commands_doc.py).
 MEANING = {
     Exit.OK: "done",
     Exit.NEGATIVE: "the command's own negative answer: `health` found no recent heartbeat, `dev run --drain`"
     " did not drain within `--timeout`",
     Exit.USAGE: "usage or configuration: a bad option or value, a bad setting, no masking key, a refused recovery,"
-    " a development command where tasks/dev is not installed",
+    " a development command where dev/ is not installed, an SQS/SNS endpoint whose TLS certificate does not"
+    " verify (never retried)",
     Exit.UNREACHABLE: "a service unreachable or refusing (PostgreSQL, SQS/SNS, the embedded stack not up), or a"
     " port the command would bind already taken",
     Exit.CHILD_FAILED: "a child process failed: LocalStack did not start, a worker, beat or Flower exited during"
@@ -49,7 +53,36 @@ MEANING = {
 }
 
 
-START_STACK = "start it (`python -m tasks dev stack up`) or point SQS_ENDPOINT_URL at a running one"
+# The entry point group through which another distribution adds command groups to
+# `python -m tasks`: the development one (dev/pyproject.toml) adds `dev`.
+COMMAND_PLUGINS = "login_pipeline.commands"
+
+
+def has_dev_commands() -> bool:
+    """Whether the development commands are installed (the image and a wheel lack them):
+    only then may advice name a `python -m tasks dev` command."""
+    return any(entry.name == "dev" for entry in entry_points(group=COMMAND_PLUGINS))
+
+
+def start_sqs() -> str:
+    """What to do about an SQS endpoint that does not answer, as fits this install."""
+    if has_dev_commands():
+        return "start it (`python -m tasks dev stack up`) or point SQS_ENDPOINT_URL at a running one"
+    return "check that it runs and that SQS_ENDPOINT_URL (empty for AWS) names it"
+
+
+def restart_sqs() -> str:
+    """What to do about an SQS endpoint that accepts connections and never answers: the
+    process on its port is hung, and starting another would find the port taken."""
+    import celeryconfig as config
+
+    if config.SQS_ENDPOINT_URL:
+        return (
+            "the process on its port is hung, and another cannot take the port; restart it"
+            + (" (embedded stack: `python -m tasks dev stack down`, then `up`;" if has_dev_commands() else " (")
+            + " compose: `docker compose restart localstack`)"
+        )
+    return "the endpoint is hung or overloaded; restart it, or check SQS_ENDPOINT_URL (empty for AWS) and AWS's status"
 
 
 class Failure(Exception):
@@ -78,11 +111,14 @@ class ChildFailed(Failure):
 
 class StackNotUp(Failure):
     def __init__(self) -> None:
-        super().__init__(
-            "PostgreSQL: DATABASE_URL is not set and the embedded stack is not up:"
-            " run `python -m tasks dev stack up` or set DATABASE_URL",
-            Exit.UNREACHABLE,
-        )
+        if has_dev_commands():
+            line = (
+                "PostgreSQL: DATABASE_URL is not set and the embedded stack is not up:"
+                " run `python -m tasks dev stack up` or set DATABASE_URL"
+            )
+        else:
+            line = "PostgreSQL: DATABASE_URL is not set: set it to the pipeline's database"
+        super().__init__(line, Exit.UNREACHABLE)
 
 
 @dataclass(frozen=True)
@@ -115,7 +151,7 @@ def _postgres(exc: BaseException) -> Described:
     import psycopg2
 
     if isinstance(exc, psycopg2.OperationalError) and not getattr(exc, "pgcode", None):
-        first = (str(exc).strip().splitlines() or ["no answer"])[0]
+        first = escaped((str(exc).strip().splitlines() or ["no answer"])[0])
         return Described(
             f"PostgreSQL unreachable ({first}): start it or point DATABASE_URL at a running server",
             Exit.UNREACHABLE,
@@ -128,10 +164,14 @@ def _postgres(exc: BaseException) -> Described:
 def _aws(exc: BaseException) -> Described:
     from botocore import exceptions as boto
 
+    from tasks.broker import tls
+
     where = _sqs_endpoint()
+    if isinstance(exc, boto.SSLError) and (refused := tls.refused(exc, _endpoint_of(exc))):
+        return describe(refused)
     if isinstance(exc, boto.ClientError):
         error = exc.response.get("Error", {})
-        code = error.get("Code", "error")
+        code = escaped(error.get("Code", "error"))  # SQS's own text
         if "NonExistentQueue" in code or code == "QueueDoesNotExist":
             return Described(f"SQS at {where} has no such queue: run `python -m tasks init`", Exit.UNREACHABLE)
         return Described(f"SQS/SNS at {where} refused {exc.operation_name}: {code}", Exit.UNREACHABLE)
@@ -139,11 +179,23 @@ def _aws(exc: BaseException) -> Described:
         return Described("AWS: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", Exit.USAGE)
     if isinstance(exc, boto.NoRegionError):
         return Described("AWS: no region: set AWS_DEFAULT_REGION", Exit.USAGE)
-    if isinstance(exc, boto.ConnectTimeoutError | boto.ReadTimeoutError):
-        return Described(f"SQS at {where} did not answer in time: {START_STACK}", Exit.UNREACHABLE)
+    if isinstance(exc, boto.ReadTimeoutError):  # connected, no answer: a hung (or frozen) process holds the port
+        return Described(
+            f"SQS at {where} accepted the connection but did not answer: {restart_sqs()}", Exit.UNREACHABLE
+        )
+    if isinstance(exc, boto.ConnectTimeoutError):
+        return Described(f"SQS at {where} did not answer in time: {start_sqs()}", Exit.UNREACHABLE)
     if isinstance(exc, boto.EndpointConnectionError | boto.ConnectionError):
-        return Described(f"SQS unreachable at {where}: {START_STACK}", Exit.UNREACHABLE)
+        return Described(f"SQS unreachable at {where}: {start_sqs()}", Exit.UNREACHABLE)
     return Described(f"SQS/SNS at {where}: {type(exc).__name__}", Exit.UNREACHABLE)
+
+
+def _endpoint_of(exc: BaseException) -> str:
+    """The endpoint a botocore error names, else the configured one."""
+    import celeryconfig as config
+
+    named = getattr(exc, "kwargs", {}).get("endpoint_url")
+    return str(named or config.SQS_ENDPOINT_URL or "https://sqs.amazonaws.com")
 
 
 def _place(exc: BaseException) -> str:
@@ -158,6 +210,8 @@ def describe(exc: BaseException) -> Described:
     """One line and an exit code for any exception a command can meet."""
     if isinstance(exc, Failure):
         return Described(exc.line, exc.code)
+    if type(exc).__name__ == "CertificateRefused":  # tasks.broker.tls
+        return Described(str(exc), Exit.USAGE)
     if type(exc).__name__ == "NoDatabase":  # celeryconfig.NoDatabase
         return describe(StackNotUp())
     if type(exc).__module__.startswith("psycopg2"):
@@ -171,8 +225,8 @@ def describe(exc: BaseException) -> Described:
         return Described(f"`{command} …` failed with status {exc.returncode}; see its output above", Exit.CHILD_FAILED)
     if isinstance(exc, ModuleNotFoundError):
         name = exc.name or "?"
-        if name.startswith("tasks.dev"):
-            return Described("a development command (tasks/dev); this install does not carry it", Exit.USAGE)
+        if name.startswith("devkit"):
+            return Described("a development module (dev/devkit); this install does not carry it", Exit.USAGE)
         return Described(f"module {name} is not installed: pip install -r requirements-dev.txt", Exit.USAGE)
     return Described(
         f"unforeseen error: {type(exc).__name__} at {_place(exc)}; run with --debug for the traceback", Exit.BUG

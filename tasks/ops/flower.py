@@ -29,9 +29,23 @@ the app for Flower (tasks/celery.py), so with or without --conf=flowerconfig.py:
   Redis only; it shows SQS's visible count as "Ready" and in-flight as "Unacked".
 - LOG_FORMAT=json: Flower's log lines (tornado's handler on the root logger) as JSON,
   set when the options are checked (tasks/ops/logs.py).
-- /metrics behind Flower's auth when auth is configured (``AuthenticatedMetrics``).
+- Stopping within STOP_SECONDS of SIGTERM or SIGINT in any state (tasks/ops/stopping.py):
+  Flower's own handler exits, then the interpreter joins Flower's executor threads, and
+  one calling the broker while it is unreachable (``enable_events`` every 5 s) retries
+  for minutes; a /metrics scrape waiting on PostgreSQL keeps the handler from running.
+- Events that would grow /metrics without bound (unknown types, unregistered task
+  names, workers beyond a bounded count) are dropped before Flower counts them
+  (tasks/ops/flower_events.py).
+- /metrics behind Flower's auth when auth is configured (``AuthenticatedMetrics``), with
+  the workers alive by their heartbeats (tasks/ops/workers.py; Flower's own
+  ``flower_worker_online`` stays 1 for a worker killed without a goodbye).
   /healthcheck stays open: it answers "OK" and nothing else, for probes that carry no
   secret.
+- Failing closed (``refuse_unless_guarded``): whatever loads the app, tasks/celery.py
+  asks each Flower, as it builds its app, whether the wrappers above are in place in the
+  app it built: its router checks the Host, /broker and /metrics route to the handlers
+  here. If not (install() never ran, or Flower stopped reading what it edits), Flower
+  refuses to start: one line, exit status 1.
 
 Flower internals relied on (flower 2.2.0; tests/test_flower_*.py fail if they change):
 
@@ -45,11 +59,20 @@ Flower internals relied on (flower 2.2.0; tests/test_flower_*.py fail if they ch
   messages_ready, messages_unacknowledged, consumers, idle_since).
 - ``flower.app.Flower`` is a tornado ``Application``, which routes every request through
   ``find_handler`` (install() wraps it) and builds handlers with ``get_handler_delegate``.
-- ``flower.views.monitor.Metrics`` and ``BaseHandler.get_current_user``, which raises 401
+- ``flower.views.monitor.Metrics``, the app's ``events.state`` (celery's events State),
+  and ``BaseHandler.get_current_user``, which raises 401
   for missing or wrong basic-auth credentials and accepts everyone without auth.
 - ``BaseHandler.check_xsrf_cookie``: under auth, refuses a write whose Sec-Fetch-Site or
   Origin names another site (what makes FLOWER_ALLOW_CONTROL safe to offer).
 - The ``read_only`` option and the FLOWER_UNAUTHENTICATED_API environment variable.
+- ``Flower.__init__`` starts no thread before ``import_modules``: its executor's threads
+  and the ``Events`` thread start later (stopping.stop_within refuses to run otherwise,
+  and Flower would then fail to start, so the tests would say).
+
+Upstream: the Broker page on SQS is flower#687 and flower#497 (closed, "no plans to
+support SQS"); the safety checks: none filed, draft in docs/upstream.md. Delete
+``SqsBrokerView`` when Flower supports SQS (`python dev/devkit/repro.py broker` exits 3);
+the checks are policy and stay, but leave Flower's internals once it offers a route hook.
 """
 
 from __future__ import annotations
@@ -69,16 +92,20 @@ from flower.utils import strtobool
 from flower.views.broker import BrokerView
 from flower.views.monitor import Metrics
 from tornado import web
+from tornado.httputil import HTTPServerRequest
 from tornado.options import OptionParser, options
 
 import celeryconfig as config
 from tasks.broker import aws
-from tasks.ops import logs, status
+from tasks.ops import flower_events, logs, status, stopping, workers
 
 log = logging.getLogger(__name__)
 _installed = False
 # A Flower reachable beyond the loopback needs a password at least this long.
 MIN_PASSWORD_LENGTH = 12
+# Seconds from SIGTERM or SIGINT to exit, whatever Flower is doing (tasks/ops/stopping.py):
+# at exit it joins its executor's threads, each stuck while the broker is unreachable.
+STOP_SECONDS = 6.0
 
 
 def is_loopback(address: str) -> bool:
@@ -121,8 +148,9 @@ def exposed(opts: OptionParser) -> bool:
     return not (opts.unix_socket or is_loopback(opts.address))
 
 
-def credential_refusal(entries: Iterable[str], beyond_loopback: bool) -> str | None:
-    """Why these basic-auth entries must not be used, or None; quotes no part of them."""
+def credential_refusal(entries: Iterable[str], beyond_loopback: bool, server: str = "Flower") -> str | None:
+    """Why these basic-auth entries must not be used, or None; quotes no part of them.
+    (The metrics server, tasks/ops/exporter.py, applies the same rules.)"""
     for number, entry in enumerate(entries, start=1):
         user, colon, password = entry.partition(":")
         if not (colon and user.strip() and password.strip()):
@@ -130,7 +158,7 @@ def credential_refusal(entries: Iterable[str], beyond_loopback: bool) -> str | N
         if beyond_loopback and len(password) < MIN_PASSWORD_LENGTH:
             return (
                 f"basic auth entry {number} has a password shorter than {MIN_PASSWORD_LENGTH} characters,"
-                " and Flower would listen beyond the loopback: choose a longer one"
+                f" and {server} would listen beyond the loopback: choose a longer one"
             )
     return None
 
@@ -198,10 +226,12 @@ class SqsBrokerView(BrokerView):
 
 
 class AuthenticatedMetrics(Metrics):
-    """/metrics under Flower's auth: open without auth, 401 without valid credentials."""
+    """/metrics under Flower's auth: open without auth, 401 without valid credentials;
+    with ``login_pipeline_workers_alive`` counted from Flower's events state."""
 
     @web.authenticated
     async def get(self) -> None:
+        workers.watch(self.application.events.state)
         await super().get()
 
 
@@ -241,9 +271,40 @@ def replace_route(pattern: str, handler: type[web.RequestHandler]) -> None:
     raise RuntimeError(f"Flower has no route {pattern}; tasks/ops/flower.py needs updating")
 
 
+def _routed_to(app: flower_app.Flower, path: str) -> Any:
+    """The handler class the app's own router picks for a loopback GET of `path`."""
+    prefix = (getattr(app.options, "url_prefix", "") or "").strip("/")
+    request = HTTPServerRequest(method="GET", uri=f"/{prefix}{path}" if prefix else path, host="127.0.0.1")
+    return getattr(app.find_handler(request), "handler_class", None)
+
+
+def missing_safeguards(app: flower_app.Flower) -> list[str]:
+    """What of install()'s wiring this Flower app, as built, lacks (none: all in place)."""
+    missing = []
+    router = getattr(app.find_handler, "__func__", None)
+    if getattr(router, "__module__", None) != __name__ or getattr(router, "__name__", "") != "find_checked_handler":
+        missing.append("the Host check")
+    if _routed_to(app, "/broker") is not SqsBrokerView:
+        missing.append("the SQS Broker page")
+    if _routed_to(app, "/metrics") is not AuthenticatedMetrics:
+        missing.append("/metrics behind auth")
+    return missing
+
+
+def refuse_unless_guarded(app: flower_app.Flower) -> None:
+    """Exit (one line, status 1) before Flower serves, unless its safety wrappers are in place."""
+    missing = missing_safeguards(app)
+    if missing:
+        sys.exit(
+            f"flower refused to start: its safety wrappers are not in place ({', '.join(missing)}):"
+            " tasks/ops/flower.py's install() did not run, or Flower no longer reads what it changes"
+        )
+
+
 def _check_when_flower_starts(sender: Any = None, **_: Any) -> None:
     check_options()
     logs.use_configured_format()  # tornado has set up its handlers by now
+    stopping.stop_within(STOP_SECONDS, "flower")  # before Flower starts its threads
 
 
 def install() -> None:
@@ -254,5 +315,7 @@ def install() -> None:
     replace_route("/broker", SqsBrokerView)
     replace_route("/metrics", AuthenticatedMetrics)
     flower_app.Flower.find_handler = route_by_host(flower_app.Flower.find_handler)
+    flower_events.install()
+    workers.register()
     signals.import_modules.connect(_check_when_flower_starts, weak=False)
     _installed = True

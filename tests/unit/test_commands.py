@@ -1,13 +1,13 @@
-"""The click tree documents itself: every command and option has help, and README's
-commands table is the one made from the tree (`make docs`)."""
+"""The click tree documents itself: every command and option has help, and the commands
+table of docs/commands.md is the one made from the tree (`make docs`)."""
 
 from __future__ import annotations
 
 import click
 
-from tasks.cli import readme
+from devkit import commands_doc as readme
+from devkit.docs import section
 from tasks.cli.operator import root
-from tasks.ops.readme import section
 
 
 def every_command() -> list[tuple[str, click.Command]]:
@@ -32,13 +32,13 @@ def test_every_command_and_option_says_what_it_is_for() -> None:
                 assert param.help, f"{path} {param.opts}"
 
 
-def test_readme_commands_table_is_the_one_made_from_the_command_line() -> None:
-    text = readme.README.read_text()
+def test_the_commands_table_is_the_one_made_from_the_command_line() -> None:
+    text = readme.COMMANDS.read_text()
     assert section(text, readme.BEGIN, readme.END) == readme.generated(), "stale: run `make docs`"
 
 
 def test_operator_commands_and_development_commands_are_separate_groups() -> None:
-    operator = {"status", "health", "metrics", "redrive", "unmask", "rekey", "init", "sweep", "config"}
+    operator = {"status", "health", "metrics", "redrive", "unmask", "rekey", "forget", "init", "sweep", "config"}
     assert {"dev", *operator} == set(root.commands)
     dev = root.commands["dev"]
     assert isinstance(dev, click.Group)

@@ -6,7 +6,7 @@ command of the CLI (a group's command: `dev stack up`), and only that command's
 held to the same, and any other --option in a code span must be an option of some
 command, or another tool's (FOREIGN_OPTIONS): so `unmask --query`, or a bare `--query`
 beside an unmask example, fails. The CLI's words come from the click tree,
-`tasks.cli.readme.commands()`.
+`devkit.commands_doc.commands()`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cli.readme import CommandWords, commands
+from devkit.commands_doc import CommandWords, commands
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

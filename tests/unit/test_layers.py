@@ -1,5 +1,10 @@
-"""The layers import downwards only: the command line (tasks/cli) above ops and dev, dev
-above ops, and ops never importing dev or the command line (the image has no tasks/dev)."""
+"""The layers import downwards only, and the runtime never imports the development tooling.
+
+In the runtime package (tasks/): the command line (tasks/cli) above ops, ops above the
+pipeline and the broker, which import neither. The development distribution (dev/devkit)
+sits above all of tasks/ and adds its commands through an entry point, so no module of
+tasks/ imports devkit, lazily or not: the wheel and the image carry none of it.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +13,49 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "tasks"
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME = ROOT / "tasks"
+DEVKIT = ROOT / "dev" / "devkit"
+TOP_LEVEL = ("celeryconfig.py", "flowerconfig.py")
 
 
-def imported(folder: str) -> dict[str, set[str]]:
-    """Every module each file of a folder imports, at any depth (lazy imports included)."""
+def imported(paths: list[Path]) -> dict[str, set[str]]:
+    """Every module each file imports, at any depth (lazy imports included)."""
     found: dict[str, set[str]] = {}
-    for path in sorted((PACKAGE / folder).glob("*.py")):
+    for path in paths:
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names.add(node.module)
-        found[path.name] = names
+        found[str(path.relative_to(ROOT))] = names
     return found
+
+
+def wrong_imports(paths: list[Path], forbidden: tuple[str, ...]) -> set[str]:
+    found = imported(paths).items()
+    return {f"{file}: {name}" for file, names in found for name in names if name.startswith(forbidden)}
 
 
 @pytest.mark.parametrize(
     ("folder", "forbidden"),
     [
-        ("ops", ("tasks.dev", "tasks.cli")),
-        ("pipeline", ("tasks.dev", "tasks.cli", "tasks.ops")),
-        ("broker", ("tasks.dev", "tasks.cli", "tasks.ops")),
-        ("dev", ("tasks.cli",)),
+        ("ops", ("tasks.cli",)),
+        ("pipeline", ("tasks.cli", "tasks.ops")),
+        ("broker", ("tasks.cli", "tasks.ops")),
     ],
 )
-def test_a_layer_imports_no_layer_above_it(folder: str, forbidden: tuple[str, ...]) -> None:
-    wrong = {
-        f"{folder}/{file}: {name}"
-        for file, names in imported(folder).items()
-        for name in names
-        if name.startswith(forbidden)
-    }
-    assert not wrong
+def test_a_runtime_layer_imports_no_layer_above_it(folder: str, forbidden: tuple[str, ...]) -> None:
+    assert not wrong_imports(sorted((RUNTIME / folder).glob("*.py")), forbidden)
 
 
-def test_the_command_line_imports_dev_only_when_a_command_runs() -> None:
-    """At module level tasks/cli imports no tasks.dev: the image, without it, lists its commands."""
-    for path in sorted((PACKAGE / "cli").glob("*.py")):
-        top = ast.parse(path.read_text()).body
-        modules = {n.module for n in top if isinstance(n, ast.ImportFrom)} | {
-            a.name for n in top if isinstance(n, ast.Import) for a in n.names
-        }
-        assert not {m for m in modules if m and m.startswith("tasks.dev")}, path.name
+def test_nothing_the_runtime_ships_imports_the_development_tooling() -> None:
+    shipped = sorted(RUNTIME.rglob("*.py")) + [ROOT / name for name in TOP_LEVEL]
+    assert not wrong_imports(shipped, ("devkit", "tests"))
+
+
+def test_the_development_tooling_lives_outside_the_runtime_package() -> None:
+    assert not (RUNTIME / "dev").exists()
+    assert (DEVKIT / "cli.py").is_file() and (DEVKIT.parent / "pyproject.toml").is_file()
+    assert not wrong_imports(sorted(DEVKIT.glob("*.py")), ("tasks.dev",))

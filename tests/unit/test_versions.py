@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.dev.seed import SAMPLE
+from devkit.seed import SAMPLE
 from tasks.pipeline.versions import UnencodableVersion, decode_app_version, encode_app_version
 
 parts = st.lists(st.integers(0, 999), min_size=1, max_size=3).filter(lambda p: p[0] <= 2146)

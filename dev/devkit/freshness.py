@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import celeryconfig as config
-from tasks.dev import ceiling, runner, seed, stack
+from devkit import ceiling, runner, seed, stack
 from tasks.pipeline import histogram, store
 
 WATCH_EVERY = 0.05
@@ -38,6 +38,7 @@ class Freshness:
     bare_clients: dict[str, float] = field(default_factory=dict)  # 2 bare clients at the same rate: age at receipt
     outside: dict[str, float] = field(default_factory=dict)  # p50, p90, p99, max: seconds
     histogram: dict[str, float] = field(default_factory=dict)  # p50, p90, p99; max: its bucket's bound
+    waited: float = 120.0  # seconds the watch waited for the last rows after the sending: later ones are not counted
 
 
 def quantile(q: float, bucket_counts: list[int], bounds: tuple[float, ...]) -> float:
@@ -130,16 +131,28 @@ def measure(rate: str, seconds: float, out: Path) -> Freshness:
     bodies = seed.bodies(round(per_s * seconds), valid_only=True)
     result = Freshness(rate=round(per_s, 1), seconds=seconds, ceiling_per_s=best.per_s if best else None)
     result.bare_clients = outside_quantiles(ceiling.under_load(bodies, per_s))
+    follow(result, bodies)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "freshness.json").write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def follow(
+    result: Freshness, bodies: list[str], concurrency: int | None = None, overrides: dict[str, str] | None = None
+) -> None:
+    """Into `result`: a worker (of `concurrency` pool processes, else WORKER_CONCURRENCY)
+    and beat, their environment amended by `overrides`, following `bodies` sent at
+    `result.rate` a second; each event's freshness from outside and by the histogram."""
     conn = store.connect(config.database_url())
-    commands = {"worker": runner.worker_command(), "beat": runner.beat_command()}
+    commands = {"worker": runner.worker_command(concurrency=concurrency), "beat": runner.beat_command()}
     started = time.time()
-    with runner.processes(commands):
+    with runner.processes(commands, overrides):
         wait_for_a_fetch(conn, started)
         before = store.ledger(conn).freshness_counts
         watch = Watch()
         watch.start()
-        result.sent_per_s = round(seed.send_steadily(config.SOURCE_QUEUE, bodies, per_s, watch.sent), 1)
-        watch.wait_for_all(timeout=120)
+        result.sent_per_s = round(seed.send_steadily(config.SOURCE_QUEUE, bodies, result.rate, watch.sent), 1)
+        watch.wait_for_all(timeout=result.waited)
         after = store.ledger(conn).freshness_counts
     conn.close()
     delta = [a - b for a, b in zip(after, before + [0] * (len(after) - len(before)), strict=True)]
@@ -151,9 +164,6 @@ def measure(rate: str, seconds: float, out: Path) -> Freshness:
     result.histogram = {f"p{round(q * 100)}": round(quantile(q, delta, bounds), 3) for q in QUANTILES}
     top = max(i for i, count in enumerate(delta) if count)
     result.histogram["max"] = bounds[top] if top < len(bounds) else float("inf")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "freshness.json").write_text(json.dumps(asdict(result), indent=2))
-    return result
 
 
 def report(result: Freshness) -> str:

@@ -4,9 +4,9 @@ docs/img/prometheus-alerts.png and docs/img/prometheus-freshness-p99.png.
 Taken from a real run on the embedded stack: seeds events, runs worker, beat and Flower
 (loopback, read-only, as `make run` does, but on a free port and with basic auth), and
 Debian's Prometheus scraping Flower's /metrics with the shipped alert rules, their
-durations shortened as the end-to-end test has them (tasks/dev/prometheus.py). Once
+durations shortened as the end-to-end test has them (dev/devkit/prometheus.py). Once
 Flower shows a finished batch, it photographs the dashboard and the Broker tab with the
-same browser tour as tests/test_flower_browser.py (tasks/dev/browser.py). Then it stops
+same browser tour as tests/test_flower_browser.py (dev/devkit/browser.py). Then it stops
 beat and sends more events: once LoginPipelineBeatDown and LoginPipelineStalled fire, it
 photographs Prometheus's alerts page; it restarts beat, and once the backlog has drained,
 photographs the graph of freshness p99, late events' peak included.
@@ -54,7 +54,7 @@ def _wait_for_flower(url: str, timeout: float = 60) -> None:
 
 def take(url: str, worker: str, credentials: tuple[str, str]) -> list[Path]:
     """The two pictures of Flower, once it lists a finished batch."""
-    from tasks.dev import browser
+    from devkit import browser
 
     IMAGES.mkdir(parents=True, exist_ok=True)
     shots = [IMAGES / "flower-broker.png", IMAGES / "flower-dashboard.png"]
@@ -83,7 +83,7 @@ class Beat:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        from tasks.dev import runner
+        from devkit import runner
 
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -108,7 +108,7 @@ class Beat:
 def take_prometheus(server: Any, beat: Beat, late_events: list[str]) -> list[Path]:
     """Prometheus's alerts page while beat is stopped, and freshness p99 after it."""
     import celeryconfig as config
-    from tasks.dev import browser, runner, seed, stack
+    from devkit import browser, runner, seed, stack
 
     shots = [IMAGES / "prometheus-alerts.png", IMAGES / "prometheus-freshness-p99.png"]
     beat.stop()
@@ -140,7 +140,7 @@ def main() -> int:
         FLOWER_BASIC_AUTH=os.environ.get("FLOWER_BASIC_AUTH") or f"screenshots:{secrets.token_hex(12)}",
     )
     import celeryconfig as config
-    from tasks.dev import prometheus, runner, seed, stack
+    from devkit import prometheus, runner, seed, stack
 
     stack.up()
     logs = config.STACK_DIR / "logs"

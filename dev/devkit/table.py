@@ -13,9 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.dev import bench, ceiling, freshness
-from tasks.dev.bench import Figures, microseconds
-from tasks.dev.freshness import Freshness
+from devkit import bench, ceiling, freshness
+from devkit.bench import Figures, microseconds
+from devkit.freshness import Freshness
 
 SHARES = ("50%", "80%")
 

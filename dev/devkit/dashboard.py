@@ -1,12 +1,12 @@
 """The Grafana dashboard deploy/grafana/login-pipeline.json, built here with Grafana's
-own grafana-foundation-sdk: `python -m tasks.dev.dashboard` writes it, `--check` fails
+own grafana-foundation-sdk: `python -m devkit.dashboard` writes it, `--check` fails
 when the committed file differs from what this module builds (tests/unit/test_dashboard.py).
 
 What an operator of a login pipeline watches: freshness (p50, p99, the share within the
 SLO's 5 s), throughput, backlog and the oldest waiting event, dead letters by reason and
 the dead-letter queues, retries, batch duration, workers online, and whether the
 database, SQS, beat and commits are alive. Every query reads metrics of Flower's
-/metrics (docs/runbook.md, README's monitoring section); the end-to-end test in
+/metrics (docs/runbook.md, docs/monitoring.md); the end-to-end test in
 tests/test_alerts.py runs each of them on a real Prometheus and checks it returns data.
 """
 
@@ -135,9 +135,9 @@ def loss_panels() -> Iterator[Any]:
 def health_panels() -> Iterator[Any]:
     yield single(
         "Workers online",
-        "Workers Flower sees online (LoginPipelineNoWorkerOnline).",
+        "Workers whose heartbeats reach Flower (LoginPipelineNoWorkerOnline).",
         "short",
-        query("sum(flower_worker_online)", "workers"),
+        query("sum(login_pipeline_workers_alive)", "workers"),
     )
     yield single(
         "Database and SQS up",
@@ -147,10 +147,10 @@ def health_panels() -> Iterator[Any]:
         query("max(login_pipeline_sqs_up)", "SQS"),
     )
     yield single(
-        "Since beat's last tick",
-        "Seconds since a beat-scheduled fetch last started (LoginPipelineBeatDown).",
+        "Since the last fetch",
+        "Seconds since a worker last started a fetch (LoginPipelineFetchSilent, LoginPipelineBeatDown).",
         "s",
-        query("time() - max(login_pipeline_beat_last_tick_timestamp_seconds)", "beat"),
+        query("time() - max(login_pipeline_last_fetch_timestamp_seconds)", "fetch"),
     )
     yield single(
         "Since the last commit",
@@ -203,7 +203,7 @@ def panel_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
 def main(argv: list[str]) -> int:
     if "--check" in argv:
         if not OUTPUT.exists() or OUTPUT.read_text() != render():
-            print(f"{OUTPUT.relative_to(ROOT)} is stale: run `python -m tasks.dev.dashboard`", file=sys.stderr)
+            print(f"{OUTPUT.relative_to(ROOT)} is stale: run `python -m devkit.dashboard`", file=sys.stderr)
             return 1
         return 0
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
-"""`python -m tasks dev`: the developer's commands (tasks/dev), which the production image
-does not carry: the embedded stack, seed data, run, bench, writers, capacity, faults, conformance, docs.
+"""`python -m tasks dev`: the developer's commands, which the runtime's wheel and image do
+not carry: the embedded stack, seed data, run, bench, writers, capacity, faults, conformance,
+docs. dev/pyproject.toml registers this group with `python -m tasks` (an entry point).
 
-Each imports tasks.dev only when it runs; where tasks/dev is missing, the command says
-so in one line (exit 2) instead of failing on import.
+Each command imports its module only when it runs, so `--help` stays quick.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from tasks.cli.common import SECONDS, key_ring
+from tasks.cli.common import SECONDS, key_ring, say
 from tasks.ops.failures import ChildFailed, Exit
 
 
@@ -33,7 +33,7 @@ def up() -> None:
 
     LocalStack's port is checked first; a failed start stops what it started.
     """
-    from tasks.dev import stack as embedded
+    from devkit import stack as embedded
 
     embedded.up()
 
@@ -41,7 +41,7 @@ def up() -> None:
 @stack.command()
 def down() -> None:
     """Stop the LocalStack and PostgreSQL that `up` started."""
-    from tasks.dev import stack as embedded
+    from devkit import stack as embedded
 
     embedded.down()
 
@@ -53,10 +53,10 @@ def down() -> None:
 def seed(count: int | None) -> None:
     """Send the exercise's 100 events to login-queue, or N realistic ones."""
     import celeryconfig as config
-    from tasks.dev import seed as data
+    from devkit import seed as data
 
     bodies = data.sample_bodies() if count is None else [body for body, _ in data.generate(count)]
-    click.echo(f"sent {data.send(config.SOURCE_QUEUE, bodies)} events to {config.SOURCE_QUEUE}")
+    say(f"sent {data.send(config.SOURCE_QUEUE, bodies)} events to {config.SOURCE_QUEUE}")
 
 
 @dev.command()
@@ -80,7 +80,7 @@ def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: floa
     """
     if timeout is not None and not drain:
         raise click.UsageError("--timeout needs --drain (a run without it goes on until Ctrl-C)")
-    from tasks.dev import runner
+    from devkit import runner
 
     return runner.run(
         drain=drain,
@@ -131,26 +131,59 @@ def run(drain: bool, seed_count: int, flower: bool, as_json: bool, timeout: floa
     metavar="N",
     help="With --table: the long run whose memory is compared with 10,000 events'.",
 )
-def bench(events: int, out: Path, rate: str | None, seconds: float, table: bool, memory_events: int) -> None:
+@click.option(
+    "--latency-ms",
+    "latencies",
+    callback=lambda ctx, param, value: value and _counts(value, 0, 1000, "milliseconds"),
+    metavar="MS,MS,...",
+    help="Instead: through a proxy adding MS each way to SQS and PostgreSQL, at each latency and --processes:"
+    " throughput of --events, calls and worker CPU per event, freshness at half of it for --seconds.",
+)
+@click.option(
+    "--processes",
+    default="1,2,4",
+    show_default=True,
+    metavar="N,N,...",
+    callback=lambda ctx, param, value: _counts(value, 1, 64, "worker process counts"),
+    help="With --latency-ms: the worker's pool processes (WORKER_CONCURRENCY) to measure.",
+)
+def bench(
+    events: int,
+    out: Path,
+    rate: str | None,
+    seconds: float,
+    table: bool,
+    memory_events: int,
+    latencies: list[int] | None,
+    processes: list[int],
+) -> None:
     """Throughput against the best ceiling of 1, 2 and 4 bare clients, worker CPU per event,
-    time per stage, memory; with --rate, freshness at a steady load (docs/performance.md)."""
+    time per stage, memory; with --rate, freshness at a steady load; with --latency-ms,
+    all of them through a network of that latency (docs/performance.md)."""
     key_ring()
-    if table and rate is not None:
-        raise click.UsageError("--table measures freshness at 50% and 80% itself: leave out --rate")
-    if table:
-        from tasks.dev import table as whole
+    if sum(map(bool, (table, rate is not None, latencies))) > 1:
+        raise click.UsageError("--table, --rate and --latency-ms are separate runs: give one of them")
+    if latencies:
+        from devkit import network
 
-        click.echo(whole.markdown(whole.measure(out, events, memory_events, seconds)), nl=False)
-        click.echo(f"table: {out / 'table.md'}")
+        cells = network.measure(latencies, processes, events, seconds, out)
+        say(network.markdown(cells), nl=False)
+        say(f"figures: {out / 'network.json'}   table: {out / 'network.md'}")
+        return
+    if table:
+        from devkit import table as whole
+
+        say(whole.markdown(whole.measure(out, events, memory_events, seconds)), nl=False)
+        say(f"table: {out / 'table.md'}")
         return
     if rate is not None:
-        from tasks.dev import freshness
+        from devkit import freshness
 
-        click.echo(freshness.report(freshness.measure(rate, seconds, out)))
+        say(freshness.report(freshness.measure(rate, seconds, out)))
         return
-    from tasks.dev import bench as measure
+    from devkit import bench as measure
 
-    click.echo(measure.report(measure.bench(events, out), out))
+    say(measure.report(measure.bench(events, out), out))
 
 
 def _rate(value: str | None) -> str | None:
@@ -205,12 +238,12 @@ def writers(counts: list[int], seconds: float, batch_size: int | None) -> None:
     insert_isolating, record_batch, commit); the scratch database is dropped at the end.
     """
     import celeryconfig as config
-    from tasks.dev import writers as measure
+    from devkit import writers as measure
 
     url = config.database_url()
     size = batch_size or config.BATCH_SIZE
     runs = measure.measure_all(url, counts, seconds, size, config.STATEMENT_TIMEOUT_MS)
-    click.echo(measure.report(runs, measure.server(url), size, seconds))
+    say(measure.report(runs, measure.server(url), size, seconds))
 
 
 @dev.command()
@@ -266,6 +299,22 @@ def writers(counts: list[int], seconds: float, batch_size: int | None) -> None:
     help="SQS's slowest call.",
 )
 @click.option(
+    "--db-rtt-ms",
+    type=click.FloatRange(min=0),
+    default=1,
+    show_default=True,
+    metavar="MS",
+    help="PostgreSQL's round trip (a batch task waits for eleven).",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0, max=1000),
+    default=0,
+    show_default=True,
+    metavar="MS",
+    help="A network's delay each way, added to every SQS call and PostgreSQL round trip (as `bench --latency-ms`).",
+)
+@click.option(
     "--db-rows-per-s",
     type=click.FloatRange(min=0, min_open=True),
     metavar="R",
@@ -289,6 +338,8 @@ def capacity(
     pool: int | None,
     rtt_min_ms: float,
     rtt_max_ms: float,
+    db_rtt_ms: float,
+    latency_ms: float,
     db_rows_per_s: float | None,
     rates: list[int],
     seed: int,
@@ -299,23 +350,24 @@ def capacity(
     if rtt_min_ms > rtt_max_ms:
         raise click.UsageError("--rtt-min-ms must not exceed --rtt-max-ms")
     import celeryconfig as config
-    from tasks.dev import capacity as model
+    from devkit import capacity as model
 
     per_replica = config.FETCH_MAX_SECONDS / config.FETCH_INTERVAL  # one tick's fetch outlives the tick
     replica = model.Replica(
         cpu_us_per_event=cpu_us,
         cores=cores,
-        receivers=receivers or config.FETCH_RECEIVERS,
+        receivers=model.receivers_in_flight(receivers or config.FETCH_RECEIVERS, config.FETCH_MAX_BYTES),
         batch_size=batch_size or config.BATCH_SIZE,
         batch_max_wait_s=config.BATCH_MAX_WAIT_MS / 1000,
         fetches=fetches or per_replica,
         pool=pool or config.worker_concurrency,
+        fetch_seconds=config.FETCH_MAX_SECONDS,
     )
-    latency = model.Latency(rtt_min_ms, rtt_max_ms)
+    latency = model.Latency(rtt_min_ms, rtt_max_ms, db_rtt_ms).added(latency_ms)
     moved = model.replica_rate(replica, latency, seed)
     needs = [model.need(rate, replica, moved) for rate in rates]
     reached = model.limits(replica, moved, per_replica * config.FETCHES_PER_TICK, db_rows_per_s)
-    click.echo(model.report(replica, latency, moved, needs, reached))
+    say(model.report(replica, latency, moved, needs, reached))
 
 
 def _passed(outcome: int, what: str) -> None:
@@ -337,12 +389,12 @@ def _passed(outcome: int, what: str) -> None:
 def faults(write_docs: bool, soak: float | None, seed: int) -> None:
     """Run the fault scenarios (tests/test_faults.py) on a fresh test stack; print their table."""
     if soak is not None:
-        from tasks.dev import soak as soaking
+        from devkit import soak as soaking
 
         if soaking.run(soak, seed):  # its verdict line says why
             raise click.exceptions.Exit(Exit.NEGATIVE)
         return
-    from tasks.dev import faults as scenarios
+    from devkit import faults as scenarios
 
     _passed(scenarios.run(write=write_docs), "a fault scenario")
 
@@ -365,7 +417,7 @@ def conformance(
     per_file_only: bool, only: str | None, write_docs: bool, fresh: bool, repeat: int | None, probe: int | None
 ) -> None:
     """Celery's and kombu's own SQS integration suites, stock kombu against this transport."""
-    from tasks.dev import conformance as suites
+    from devkit import conformance as suites
 
     if probe:
         _passed(suites.probe(probe), "the probe")
@@ -379,8 +431,8 @@ def conformance(
 
 @dev.command()
 def docs() -> None:
-    """Regenerate README's tables made from the code: settings, metrics and commands."""
-    from tasks.cli import readme
+    """Regenerate the docs' tables made from the code: settings, metrics and commands."""
+    from devkit import commands_doc, docs
 
-    readme.write()
-    click.echo(f"wrote {readme.README.name}")
+    written = commands_doc.write()
+    say("wrote " + ", ".join(str(path.relative_to(docs.ROOT)) for path in written))

@@ -6,7 +6,7 @@ other. `dev stack up` calls `ensure` too, and installs only what is missing or o
 Two first runs at once (`make demo` beside `make test`) install one after the other:
 pip into one venv from two processes breaks it.
 
-    python tasks/dev/localstack_venv.py VENV
+    python dev/devkit/localstack_venv.py VENV
 """
 
 from __future__ import annotations

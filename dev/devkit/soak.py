@@ -36,7 +36,7 @@ from typing import Any
 from psycopg2 import sql
 
 import celeryconfig as config
-from tasks.dev import runner
+from devkit import runner
 from tasks.pipeline import store
 
 ROOT = Path(__file__).resolve().parents[2]

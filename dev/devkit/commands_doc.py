@@ -1,18 +1,19 @@
-"""README's commands table and exit codes, made from the click tree and
-tasks/ops/failures.py (`python -m tasks dev docs`, `make docs`); a test holds README
+"""The commands table and exit codes of docs/commands.md, made from the click tree and
+tasks/ops/failures.py (`python -m tasks dev docs`, `make docs`); a test holds the doc
 equal to them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
-from tasks.ops import readme
+from devkit import docs
 from tasks.ops.failures import MEANING
 
-README = readme.README
+COMMANDS = docs.DOCS / "commands.md"  # the commands table and exit codes
 BEGIN, END = "<!-- commands:begin -->", "<!-- commands:end -->"
 PROG = "python -m tasks"
 
@@ -92,7 +93,9 @@ def generated() -> str:
     return commands_table(root)
 
 
-def write() -> None:
-    """Every generated part of README: the settings, the metrics and the commands."""
-    readme.write_settings_table(README)
-    readme.write_section(generated(), BEGIN, END, README)
+def write() -> list[Path]:
+    """Every generated part of the docs: the settings, the metrics and the commands; the
+    files written."""
+    written = docs.write_tables()
+    docs.write_section(generated(), BEGIN, END, COMMANDS)
+    return [*written, COMMANDS]

@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import warnings
@@ -30,12 +28,15 @@ from types import ModuleType
 import psutil
 
 import celeryconfig as config
-from tasks.dev import localstack_venv
+from devkit import children, localstack_venv
+from devkit.children import say
 from tasks.ops import provision
 from tasks.ops.failures import ChildFailed, PortTaken, tail
 from tasks.pipeline.keys import create_development_key
 
 ROOT = Path(__file__).resolve().parents[2]
+LOCALSTACK_STOP_SECONDS = 10.0  # from SIGTERM to SIGKILL
+POSTGRES_STOP_SECONDS = 10.0  # of a fast shutdown, before an immediate one
 
 
 def _paths() -> dict[str, Path]:
@@ -47,10 +48,6 @@ def _paths() -> dict[str, Path]:
         "fs": d / "localstack-fs",
         "pgdata": d / "pgdata",
     }
-
-
-def say(text: str) -> None:
-    print(f"[stack] {text}", file=sys.stderr, flush=True)
 
 
 # --- LocalStack ------------------------------------------------------------------
@@ -158,18 +155,27 @@ def localstack_process() -> psutil.Process | None:
 
 
 def _stop_pid(pid_file: Path, name: str) -> None:
+    """Stop the LocalStack that `up` started (its pid leads its own process group): SIGTERM,
+    SIGKILL past LOCALSTACK_STOP_SECONDS, then anything still in its group. A pid file
+    whose process is no LocalStack (a stale file, its pid since reused) is only removed:
+    that process, and its group, are someone else's."""
     if not pid_file.exists():
         return
     pid = int(pid_file.read_text())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     pid_file.unlink(missing_ok=True)
+    try:
+        if "localstack" not in " ".join(psutil.Process(pid).cmdline()):
+            say(f"{pid_file} named process {pid}, which is no LocalStack: left it running")
+            return
+        children.stop({name: pid}, lambda _: LOCALSTACK_STOP_SECONDS, children.SIGNALS.hurry)
+    except psutil.AccessDenied:  # another user's: not ours either
+        say(f"{pid_file} named process {pid}, another user's: left it running")
+        return
+    except psutil.NoSuchProcess:
+        pass  # its group may outlive it, and no new process takes its pid while it does
+    left = children.kill_left(children.in_group(pid), f"{name}'s process group")
+    if left:
+        raise ChildFailed(f"{name}'s processes still running after SIGKILL: {left}; see `ps -p` for them")
     say(f"{name} stopped")
 
 
@@ -202,7 +208,12 @@ def stop_postgres() -> None:
     # pg_ctl itself: pgserver's own cleanup() leaves the server running while another
     # process still holds a handle to it.
     server = pgserver.get_server(pgdata, cleanup_mode=None)
-    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user)
+    timeout = str(int(POSTGRES_STOP_SECONDS))
+    try:
+        pgserver.pg_ctl(["-w", "-t", timeout, "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user)
+    except subprocess.CalledProcessError:
+        say(f"PostgreSQL did not stop within {timeout} s (fast shutdown): stopping it at once (immediate)")
+        pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user=server.system_user)
     config.DATABASE_URL_FILE.unlink(missing_ok=True)
     say("PostgreSQL stopped")
 
@@ -239,5 +250,9 @@ def up() -> None:
 
 
 def down() -> None:
-    _stop_pid(_paths()["pid"], "LocalStack")
-    stop_postgres()
+    """Stop LocalStack and PostgreSQL; SIGINT or SIGTERM meanwhile does not cut it short,
+    it kills LocalStack at once (dev/devkit/children.py)."""
+    children.SIGNALS.install()
+    with children.SIGNALS.stopping():
+        _stop_pid(_paths()["pid"], "LocalStack")
+        stop_postgres()

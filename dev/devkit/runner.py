@@ -7,16 +7,22 @@ and prints what happened.
 Before anything starts, every port it would bind is checked (LocalStack's, Flower's).
 When a child exits while the run goes on, the others are stopped and the run fails
 with that child's name and its log's last lines (exit 4, tasks/ops/failures.py).
+
+However the run ends (Ctrl-C, SIGTERM, a child's exit, drained, --timeout), its children
+stop: SIGTERM, then SIGKILL past `stop_bound`, said in one line; a second signal kills
+what is left at once; then nothing carrying the run's mark may be left
+(dev/devkit/children.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +32,7 @@ import psycopg2
 from botocore.exceptions import BotoCoreError, ClientError
 
 import celeryconfig as config
-from tasks.dev import seed, stack
+from devkit import children, seed, stack
 from tasks.ops import status
 from tasks.ops.failures import ChildFailed, Exit, Failure, tail
 
@@ -51,11 +57,26 @@ def log_of(name: str) -> Path:
     return config.STACK_DIR / "logs" / f"{name}.log"
 
 
+def stop_bound(name: str) -> float:
+    """Seconds a child gets from SIGTERM to exit before it is killed: the worker its warm
+    shutdown's bound (the hard time limit plus 10 s, docs/reliability.md), the others 10 s
+    (Flower stops within 6 s of SIGTERM in any state, tasks/ops/stopping.py)."""
+    return config.task_time_limit + 10.0 if name == "worker" else 10.0
+
+
 @contextmanager
-def processes(commands: dict[str, list[str]]) -> Iterator[dict[str, subprocess.Popen]]:
-    """Start each command with its log in STACK_DIR/logs; warm-stop them all at the end."""
+def processes(
+    commands: dict[str, list[str]], overrides: dict[str, str] | None = None
+) -> Iterator[dict[str, subprocess.Popen]]:
+    """Start each command with its log in STACK_DIR/logs, with this environment and
+    `overrides` (the bench's settings for the children: a proxied endpoint, a pool size);
+    at the end, however it comes, stop them all (warm: SIGTERM; SIGKILL past
+    `stop_bound`), then make sure that nothing carrying this run's mark is left
+    (dev/devkit/children.py)."""
     logs = log_of("any").parent
     logs.mkdir(parents=True, exist_ok=True)
+    mark = f"{os.getpid()}-{uuid.uuid4().hex}"
+    environment = {**os.environ, **(overrides or {}), children.MARK: mark}
     started: dict[str, subprocess.Popen] = {}
     try:
         for name, command in commands.items():
@@ -66,19 +87,21 @@ def processes(commands: dict[str, list[str]]) -> Iterator[dict[str, subprocess.P
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     cwd=stack.ROOT,
+                    env=environment,
                     start_new_session=True,
+                    preexec_fn=children.dies_with_parent(),
                 )
             stack.say(f"{name} started (log: {logs / (name + '.log')})")
         yield started
     finally:
-        for process in started.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
-        for process in started.values():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        with children.SIGNALS.stopping() as hurry:
+            children.stop({name: process.pid for name, process in started.items()}, stop_bound, hurry)
+            for process in started.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)  # reaped: each has exited or was killed
+            left = children.kill_left(children.marked(mark), "this run")
+        if left:
+            raise ChildFailed(f"processes of this run still running after SIGKILL: {left}; see `ps -p` for them")
 
 
 @dataclass
@@ -182,17 +205,6 @@ def watch(running: dict[str, subprocess.Popen], every: float = 5.0) -> None:
             shown = time.monotonic()
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM stop the run, so the children get their warm shutdown (also
-    where SIGINT was ignored at start, as for a background job of a script)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def check_ports(with_flower: bool) -> None:
     """Every port the run will bind, before anything starts."""
     stack.check_ports()
@@ -201,7 +213,7 @@ def check_ports(with_flower: bool) -> None:
 
 
 def run(drain: bool, seed_count: int, with_flower: bool, as_json: bool = False, timeout: float = 900) -> int:
-    _stop_on_signals()
+    children.SIGNALS.install()  # Ctrl-C and SIGTERM end the run; its children are stopped
     check_ports(with_flower)
     stack.up()
     if seed_count:

@@ -8,7 +8,7 @@ polled independently, so nothing orders them. This probe repeats that pattern on
 suite's own session worker and times, for each try, the task's trip (publish to the
 worker's ``task_received``) and the broadcast's (publish to the worker's ``scheduled``
 handler), and whether the reply listed the task. Copied into the unpacked Celery tree
-(``t/integration/``) by tasks/dev/conformance.py; one JSON line per try goes to the file
+(``t/integration/``) by dev/devkit/conformance.py; one JSON line per try goes to the file
 named by CONFORMANCE_PROBE_OUT.
 """
 

@@ -5,7 +5,7 @@ The suites come from the sdists of the installed Celery and kombu, downloaded wi
 and unpacked under the stack folder: used in place, never copied into the repository.
 They run against a private embedded LocalStack (its own folder and free port) with a
 private Redis as Celery's result backend, each target once in one pytest session per
-file and once in one session per test, with the plugin tasks/dev/conformance_plugin.py
+file and once in one session per test, with the plugin dev/devkit/conformance_plugin.py
 choosing the transport and counting worker deaths. Each session's result is kept in
 .stack/conformance/results.json as it finishes, so an interrupted run resumes (`--fresh`
 starts over); a change to the transport or to either version makes old results void.
@@ -210,7 +210,7 @@ def pytest_command(
 ) -> list[str]:
     """One session; reruns off, so that a test counts once, as it first came out."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:rerunfailures"]
-    command += ["-p", "tasks.dev.conformance_plugin"]
+    command += ["-p", "devkit.conformance_plugin"]
     if target.project == "celery":
         command += ["-p", "celery.contrib.pytest"]  # its fixtures (celery_parameters, ...)
     command += ["-q", "-o", "addopts=", f"--rootdir={tree}", f"--junitxml={report}", f"--timeout={TEST_TIMEOUT}"]
@@ -382,7 +382,7 @@ def repeat(test_id: str, runs: int) -> int:
 
 def probe(tries: int) -> int:
     """Time an ETA task's trip and the `inspect` broadcast sent after it, `tries` times, in
-    Celery's suite on this transport (tasks/dev/order_probe.py), and print the figures."""
+    Celery's suite on this transport (dev/devkit/order_probe.py), and print the figures."""
     work = ROOT / ".stack" / "conformance"
     tree = sources(work)["celery"]
     probe_file = tree / "t" / "integration" / "test_zz_order_probe.py"

@@ -1,8 +1,9 @@
-"""README's generated parts, between their markers: the configuration table, made from
-the declarations of celeryconfig.Settings, the metrics table, made from
-tasks/ops/metrics.py's specs (both `python -m tasks config --write-readme`), and the
-commands table, made from the command line (tasks/cli/readme.py); `make docs` writes
-them all, and tests hold README equal to them, so they cannot drift."""
+"""The docs' generated parts, between their markers: the configuration table
+(docs/configuration.md), made from the declarations of celeryconfig.Settings, the
+metrics table (docs/monitoring.md), made from tasks/ops/metrics.py's specs, and the
+commands table (docs/commands.md), made from the command line (commands_doc.py);
+`python -m tasks dev docs` (`make docs`) writes them all, and tests hold the docs equal
+to them, so they cannot drift."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from pathlib import Path
 
 import celeryconfig
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+CONFIGURATION = DOCS / "configuration.md"  # the settings table
+MONITORING = DOCS / "monitoring.md"  # the metrics table
 TABLE_BEGIN, TABLE_END = "<!-- settings:begin -->", "<!-- settings:end -->"
 METRICS_BEGIN, METRICS_END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 
 
 def shown_default(name: str) -> str:
-    """A setting's default as README shows it: declared, or the default itself."""
+    """A setting's default as the table shows it: declared, or the default itself."""
     field = celeryconfig.Settings.model_fields[name]
     shown = (field.json_schema_extra or {}).get("shown")  # type: ignore[union-attr]
     if isinstance(shown, str):
@@ -26,7 +30,7 @@ def shown_default(name: str) -> str:
 
 
 def settings_table() -> str:
-    """README's configuration table, in the order the settings are declared."""
+    """The configuration table, in the order the settings are declared."""
     rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
     for name, field in celeryconfig.Settings.model_fields.items():
         rows.append(f"| `{name}` | {shown_default(name)} | {celeryconfig.accepts(name)} | {field.description} |")
@@ -37,7 +41,7 @@ def section(text: str, begin: str, end: str) -> str:
     """What stands between the markers `begin` and `end` in `text`."""
     _, found, rest = text.partition(begin)
     if not found or end not in rest:
-        raise SystemExit(f"README has no {begin} ... {end} markers")
+        raise SystemExit(f"no {begin} ... {end} markers")
     return rest.partition(end)[0].strip("\n")
 
 
@@ -47,13 +51,15 @@ def _replace(text: str, begin: str, end: str, block: str) -> str:
     return f"{head}{begin}\n{block}\n{end}{rest.partition(end)[2]}"
 
 
-def write_section(body: str, begin: str, end: str, readme: Path = README) -> None:
-    readme.write_text(_replace(readme.read_text(), begin, end, body))
+def write_section(body: str, begin: str, end: str, doc: Path) -> None:
+    """Replace what stands between the markers in `doc` with `body`."""
+    doc.write_text(_replace(doc.read_text(), begin, end, body))
 
 
-def write_settings_table(readme: Path = README) -> None:
-    """Both generated tables (the name is kept for `config --write-readme`)."""
+def write_tables() -> list[Path]:
+    """The settings table and the metrics table (`dev docs` writes them with the commands table); the files written."""
     from tasks.ops.metrics import metrics_table
 
-    text = _replace(readme.read_text(), TABLE_BEGIN, TABLE_END, settings_table())
-    readme.write_text(_replace(text, METRICS_BEGIN, METRICS_END, metrics_table()))
+    write_section(settings_table(), TABLE_BEGIN, TABLE_END, CONFIGURATION)
+    write_section(metrics_table(), METRICS_BEGIN, METRICS_END, MONITORING)
+    return [CONFIGURATION, MONITORING]

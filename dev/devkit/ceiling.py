@@ -18,9 +18,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from devkit import localstack_requests, seed, stack
+from devkit.proc import CpuMeter
 from tasks.broker import aws
-from tasks.dev import localstack_requests, seed, stack
-from tasks.dev.proc import CpuMeter
 
 CLIENTS = (1, 2, 4)
 QUEUE = "bench-ceiling"

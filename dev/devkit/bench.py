@@ -1,7 +1,7 @@
 """`bench`: the pipeline's throughput against the best multi-client ceiling, in one run.
 
 (a) The ceiling: 1, 2 and 4 bare client processes draining the same LocalStack
-(tasks.dev.ceiling); the best of them is the bar. (b) The pipeline: worker and beat
+(devkit.ceiling); the best of them is the bar. (b) The pipeline: worker and beat
 processes, from the first fetch to the last row committed, and the worker processes' CPU
 per event over the steady part (10% to 90% of the events). (c) The best ceiling again at
 the end, since LocalStack slows down as it handles more messages. Also the time per
@@ -22,11 +22,11 @@ import psutil
 from tqdm import tqdm
 
 import celeryconfig as config
+from devkit import ceiling, localstack_requests, runner, seed, stack
+from devkit.ceiling import Ceiling
+from devkit.localstack_requests import Mark
+from devkit.proc import CpuMeter, peak_rss
 from tasks.broker import aws
-from tasks.dev import ceiling, localstack_requests, runner, seed, stack
-from tasks.dev.ceiling import Ceiling
-from tasks.dev.localstack_requests import Mark
-from tasks.dev.proc import CpuMeter, peak_rss
 from tasks.pipeline import store
 from tasks.pipeline.source import Received, SourceQueue
 
@@ -126,12 +126,22 @@ class SteadyPart:
         figures.localstack_calls_per_1000 = localstack_requests.per_thousand(calls, events)
 
 
-def pipeline_run(bodies: list[str], figures: Figures) -> None:
-    seed.send(config.SOURCE_QUEUE, bodies)
+def pipeline_run(
+    bodies: list[str],
+    figures: Figures,
+    concurrency: int | None = None,
+    overrides: dict[str, str] | None = None,
+    send: bool = True,
+) -> None:
+    """Send `bodies` (unless sent already), then drain them with a worker (of
+    `concurrency` pool processes, else WORKER_CONCURRENCY) and beat, whose environment
+    `overrides` amends."""
+    if send:
+        seed.send(config.SOURCE_QUEUE, bodies)
     conn = store.connect(config.database_url())
     before = store.totals(conn)["received"]
-    commands = {"worker": runner.worker_command(), "beat": runner.beat_command()}
-    with runner.processes(commands) as running, tqdm(total=len(bodies), desc="pipeline", unit="ev") as bar:
+    commands = {"worker": runner.worker_command(concurrency=concurrency), "beat": runner.beat_command()}
+    with runner.processes(commands, overrides) as running, tqdm(total=len(bodies), desc="pipeline", unit="ev") as bar:
         worker = psutil.Process(running["worker"].pid)
         steady = SteadyPart(len(bodies), worker)
         while aws.queue_depth(config.SOURCE_QUEUE)["in_flight"] == 0:  # until the first fetch

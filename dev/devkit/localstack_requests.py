@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from tasks.dev import stack
+from devkit import stack
 
 LINE = re.compile(rb"INFO .*localstack\.request\.aws\s*: AWS (\S+) =>")
 

@@ -1,7 +1,7 @@
 """Flower in a real browser: Debian's headless chromium, driven by playwright.
 
 One tour of Flower's pages, as a user sees them, for tests/test_flower_browser.py and
-for `make screenshots` (tasks/dev/screenshots.py). Each `show_*` opens a page, waits
+for `make screenshots` (dev/devkit/screenshots.py). Each `show_*` opens a page, waits
 until its data has loaded (the dashboard and the task list load theirs by AJAX) and
 returns the page's visible text. `make screenshots` also opens two pages of Prometheus's
 own (classic) web UI: a graph and the alerts.
