@@ -15,6 +15,24 @@ and fails with botocore's own exceptions (`ClientError` with SQS's error code,
 `EndpointConnectionError`), so a caller cannot tell which client it used. Every other
 SQS call goes through boto3.
 
+Against a hostile or broken endpoint a call stays within bounds, and fails as botocore
+fails:
+
+- An answer is read up to MAX_ANSWER_BYTES (32 MiB: the most SQS can answer): libcurl
+  stops there (its MAXFILESIZE, which since curl 8.4 also ends a transfer without a
+  Content-Length), so the rest is never buffered. Beyond it the call fails with the
+  ClientError ``ResponseTooLarge``, not retried after a 200.
+- An answer that is not a JSON object, JSON nested too deep included, is the ClientError
+  ``UnreadableResponse`` (retried, as a garbled answer may be transient).
+- The whole call, every attempt and pause included, ends within its long poll
+  (``WaitTimeSeconds``) plus ``answer_seconds`` (celeryconfig.FETCH_SETTLE_SECONDS, 5 s):
+  a receive that a fetch begins by FETCH_MAX_SECONDS therefore ends within the fetch's
+  soft time limit, which the settings check keeps at least FETCH_MAX_SECONDS +
+  FETCH_WAIT_SECONDS + FETCH_SETTLE_SECONDS. Running out of time is botocore's
+  ``ReadTimeoutError``, as a read timeout is botocore's.
+- An error's code and message are cut to MAX_ERROR_TEXT characters, control
+  characters escaped: one short line in a log, whatever the endpoint sent.
+
 tests/unit/test_lean_sqs.py holds each request, body, headers and signature, against
 the one botocore makes for the same call at the same moment: botocore is the oracle.
 """
@@ -35,16 +53,22 @@ from urllib.parse import urlsplit
 
 import pycurl
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError, SSLError
 from botocore.httpsession import get_cert_path
+
+import celeryconfig as config
 
 CONTENT_TYPE = "application/x-amz-json-1.0"
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "sqs"
 ATTEMPTS = 3  # as botocore's standard retry mode
 CONNECT_TIMEOUT = 3.0  # seconds, as the boto3 clients (tasks.broker.aws)
-# The whole call, connecting included: the longest long poll (20 s), a connect (3 s), the answer.
-CALL_TIMEOUT = 30.0  # seconds
+# The largest answer SQS gives: ReceiveMessage's ten messages of up to 1 MiB each (body and
+# attributes together), which JSON makes up to three times longer (LocalStack escapes every
+# non-ASCII character as \\uXXXX: a two-byte "é" becomes six bytes), with their ids, receipt
+# handles and digests (a few KiB each). Beyond it an answer is no SQS answer.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+MAX_ERROR_TEXT = 300  # characters of an error's code and of its message
 # curl's failures that another attempt cannot mend: a bad URL, TLS certificate trouble.
 PERMANENT_CURL_ERRORS = frozenset(
     {
@@ -54,6 +78,8 @@ PERMANENT_CURL_ERRORS = frozenset(
         pycurl.E_SSL_CACERT_BADFILE,
     }
 )
+# curl's TLS certificate failures: raised at once as botocore's SSLError (tasks/broker/tls.py names them).
+CERTIFICATE_CURL_ERRORS = frozenset({pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE})
 BACKOFF_BASE = 0.05  # seconds; attempt n sleeps up to BACKOFF_BASE * 2**n
 # Asked for by name (LocalStack closes other connections after one request); no
 # "Expect: 100-continue" wait before a body over 1 KiB, such as a DeleteMessageBatch's.
@@ -99,21 +125,39 @@ def signed_headers(
     return headers
 
 
+def parsed(payload: bytes) -> object:
+    """The JSON in `payload`, or None if there is none to read (invalid, or nested deeper
+    than the parser goes: RecursionError)."""
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+
+
+def bounded(text: str) -> str:
+    """`text` cut to MAX_ERROR_TEXT characters, with its control characters escaped."""
+    cut = text[:MAX_ERROR_TEXT] + (
+        f"… ({len(text) - MAX_ERROR_TEXT} more characters)" if len(text) > MAX_ERROR_TEXT else ""
+    )
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in cut)
+
+
+def client_error(operation: str, status: int, code: str, message: str) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": bounded(code), "Message": bounded(message)}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
+
+
 def error_of(operation: str, status: int, payload: bytes, query_error: str | None) -> ClientError:
     """SQS's error answer as botocore's ClientError, with the code botocore would give
     (the query-compatible code from ``x-amzn-query-error``, else the JSON ``__type``)."""
-    try:
-        answer = json.loads(payload)
-    except ValueError:
-        answer = {}
+    answer = parsed(payload)
     answer = answer if isinstance(answer, dict) else {}
     code = str(answer.get("__type", "")).rpartition("#")[2] or str(status)
     if query_error:
         code = query_error.split(";")[0]
-    message = str(answer.get("message", answer.get("Message", "")))
-    return ClientError(
-        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
-    )
+    return client_error(operation, status, code, str(answer.get("message", answer.get("Message", ""))))
 
 
 def retryable(error: ClientError) -> bool:
@@ -125,7 +169,14 @@ def retryable(error: ClientError) -> bool:
 class LeanSQS:
     """ReceiveMessage and DeleteMessageBatch with boto3's arguments and answers."""
 
-    def __init__(self, endpoint_url: str, region: str, credentials: Any, ca_bundle: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint_url: str,
+        region: str,
+        credentials: Any,
+        ca_bundle: str | None = None,
+        answer_seconds: float = config.FETCH_SETTLE_SECONDS,
+    ) -> None:
         parts = urlsplit(endpoint_url)
         self.tls = parts.scheme == "https"
         self.ca_bundle = ca_bundle or get_cert_path(True)  # botocore's default: certifi's, else its own
@@ -134,6 +185,7 @@ class LeanSQS:
         self.host = parts.netloc if parts.port not in (None, DEFAULT_PORTS[parts.scheme]) else parts.hostname or ""
         self.region = region
         self.credentials = credentials  # botocore credentials, refreshable ones included
+        self.answer_seconds = answer_seconds  # a call's time beyond its long poll, attempts included
         self._local = threading.local()
 
     def receive_message(self, **params: Any) -> dict[str, Any]:
@@ -150,21 +202,26 @@ class LeanSQS:
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One call, retried as botocore's standard mode retries: up to ATTEMPTS times on a
-        connection failure, a 5xx or throttling, with jittered exponential backoff. (A kept
-        connection that the server had closed meanwhile libcurl replaces by itself.)"""
+        connection failure, a 5xx or throttling, with jittered exponential backoff, all
+        within the call's time (its long poll plus `answer_seconds`). (A kept connection
+        that the server had closed meanwhile libcurl replaces by itself.)"""
+        deadline = time.monotonic() + float(params.get("WaitTimeSeconds", 0)) + self.answer_seconds
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._answer(operation, self._send(*self.request(operation, params, datetime.now(UTC))))
+                body, headers = self.request(operation, params, datetime.now(UTC))
+                return self._answer(operation, self._send(operation, body, headers, deadline))
             except ClientError as error:
-                if attempt == ATTEMPTS or not retryable(error):
+                if attempt == ATTEMPTS or not retryable(error) or time.monotonic() >= deadline:
                     raise
             except pycurl.error as exc:
                 code, words = exc.args  # curl's own words: they name the failure, never a body
-                if attempt == ATTEMPTS or code in PERMANENT_CURL_ERRORS:
-                    raise EndpointConnectionError(
-                        endpoint_url=self.endpoint_url, error=f"curl {code}: {words}"
-                    ) from None
-            time.sleep(random.uniform(0, BACKOFF_BASE * 2**attempt))
+                said = f"curl {code}: {bounded(str(words))}"
+                if code in CERTIFICATE_CURL_ERRORS:  # named as botocore names it: never a connection failure
+                    raise SSLError(endpoint_url=self.endpoint_url, error=said) from None
+                if attempt == ATTEMPTS or code in PERMANENT_CURL_ERRORS or time.monotonic() >= deadline:
+                    failure = ReadTimeoutError if code == pycurl.E_OPERATION_TIMEDOUT else EndpointConnectionError
+                    raise failure(endpoint_url=self.endpoint_url, error=said) from None
+            time.sleep(min(random.uniform(0, BACKOFF_BASE * 2**attempt), max(0.0, deadline - time.monotonic())))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -172,22 +229,34 @@ class LeanSQS:
         status, payload, query_error = sent
         if status != 200:
             raise error_of(operation, status, payload, query_error)
-        try:
-            answer = json.loads(payload)
-        except ValueError:  # never the payload in the error: it holds raw message bodies
-            answer = None
+        answer = parsed(payload)  # never the payload in the error: it holds raw message bodies
         if not isinstance(answer, dict):
-            raise error_of(operation, 502, b'{"__type": "#UnreadableResponse"}', None)
+            raise client_error(operation, 502, "UnreadableResponse", "the answer is not a JSON object")
         return answer
 
-    def _send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+    def _send(
+        self, operation: str, body: bytes, headers: dict[str, str], deadline: float
+    ) -> tuple[int, bytes, str | None]:
         curl, answer = self._curl(), io.BytesIO()
         head: list[bytes] = []
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        curl.setopt(pycurl.TIMEOUT_MS, left_ms)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, min(left_ms, int(CONNECT_TIMEOUT * 1000)))
         curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in headers.items()] + EXTRA_HEADERS)
         curl.setopt(pycurl.POSTFIELDS, body)
         curl.setopt(pycurl.WRITEDATA, answer)
-        curl.setopt(pycurl.HEADERFUNCTION, head.append)
-        curl.perform()
+        curl.setopt(pycurl.HEADERFUNCTION, head.append)  # libcurl bounds each line, and all of them
+        try:
+            curl.perform()
+        except pycurl.error as exc:
+            if exc.args[0] != pycurl.E_FILESIZE_EXCEEDED:
+                raise
+            raise client_error(
+                operation,
+                curl.getinfo(pycurl.RESPONSE_CODE),
+                "ResponseTooLarge",
+                f"the answer exceeded {MAX_ANSWER_BYTES // 2**20} MiB, more than SQS answers; the rest was not read",
+            ) from None
         return curl.getinfo(pycurl.RESPONSE_CODE), answer.getvalue(), query_error(head)
 
     def _curl(self) -> pycurl.Curl:
@@ -198,8 +267,7 @@ class LeanSQS:
             curl.setopt(pycurl.URL, f"{self.endpoint_url.rstrip('/')}/")
             curl.setopt(pycurl.POST, 1)
             curl.setopt(pycurl.NOSIGNAL, 1)  # timeouts without signals: safe on any thread
-            curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(CONNECT_TIMEOUT * 1000))
-            curl.setopt(pycurl.TIMEOUT_MS, int(CALL_TIMEOUT * 1000))
+            curl.setopt(pycurl.MAXFILESIZE_LARGE, MAX_ANSWER_BYTES)
             curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)  # as botocore; never h2 over TLS
             curl.setopt(pycurl.PROXY, "")  # aws.lean_sqs gives way to boto3 where a proxy applies
             if self.tls:

@@ -41,6 +41,20 @@ box, kombu 5.7's SQS transport leaves Flower and `celery inspect` blind:
 7. kombu's own boto3 clients (the hand-off's SendMessage, acks, events through SNS) ask
    for keep-alive by name, as the app's clients do (tasks/broker/aws.py): LocalStack
    closed their connection after every call, and each call paid a new one.
+8. Credentials and TLS as every client of the pipeline (tasks/broker/aws.py, tls.py):
+   where the broker URL names no keys (celeryconfig never puts them there), kombu's
+   clients take boto3's chain, session token and refreshable credentials included (its
+   SNS client too, made by the same ``_new_boto_client``), else LocalStack's `test`; a
+   certificate that does not verify is raised at once. kombu's asynchronous receive
+   verified against certifi's bundle alone: it verifies against botocore's
+   (``AsyncSQSConnection.get_http_connection``, ``AsyncHTTPSConnection.getrequest``).
+9. A message on a no-ack queue (a worker's pidbox and event queues, Flower's event and
+   reply queues) reaches kombu only if it is kombu's envelope with a body Celery can
+   read (tasks/broker/broadcast.py). Anyone who may publish to the pidbox or events SNS
+   topic reaches those queues, and ``Message="not json at all"`` raised
+   ``KeyError('properties')`` in the worker's event loop: every worker exited (issue 27).
+   Such a message is deleted, counted and logged instead, both on the event loop's
+   receive and on a client's synchronous one.
 
 Every SQS call the broker makes has bounded timeouts and retries (the transport option
 ``client-config``, set in celeryconfig), so no call can hold a shutdown for minutes.
@@ -60,13 +74,21 @@ leaves its queues to `python -m tasks sweep`.
 kombu internals this module overrides or calls (pinned by tests/unit/test_transport.py
 against the installed kombu): ``Channel._lookup``, ``Channel._put``, ``Channel._new_boto_client``,
 ``Channel._delete_message``, ``Channel._on_messages_ready``, ``Channel._release_messages``,
-``Channel._loop1``, ``Channel._schedule_queue``, ``Channel._new_queue``, ``Channel._delete``,
+``Channel._loop1``, ``Channel._schedule_queue``, ``Channel._receive_message``,
+``Channel._decode_python_message_body``, ``Channel._noack_queues``, ``Channel._new_queue``, ``Channel._delete``,
 ``Channel.after_reply_message_received``, ``Channel.canonical_queue_name``,
 ``Channel._queue_cache`` (the transport's map of SQS queue names to URLs; kombu's own
 ``_delete`` forgets a deleted queue under its unprefixed name, so the URL stayed: a
 deleted queue is forgotten here under its SQS name), ``Channel.state.queue_bindings`` and
-``queue_bindings_delete``, ``Transport.register_with_event_loop``. Options read:
+``queue_bindings_delete``, ``Transport.register_with_event_loop``, ``Channel.asynsqs``,
+``AsyncConnection.get_http_connection`` and ``_httpclient``, ``AsyncHTTPSConnection.getrequest``. Options read:
 ``fanout_exchanges`` (default ``["celeryev"]``), ``supports_fanout``, ``client-config``.
+
+Upstream (docs/upstream.md): points 1-2 build on kombu#2335 / kombu PR #2372 (SQS fanout
+through SNS, merged) and answer celery#3197 and celery#4279; point 3's symptom is
+celery#8348; points 4-7: none filed, drafts in docs/upstream.md. Delete each point when
+`make conformance` (stock against ours) and tests/test_monitoring.py pass without it;
+the module when none is left.
 """
 
 from __future__ import annotations
@@ -79,9 +101,10 @@ import weakref
 from typing import Any
 
 from botocore.exceptions import ClientError
+from kombu.asynchronous.aws.connection import AsyncHTTPSConnection
 from kombu.transport import SQS
 
-from tasks.broker.aws import asking_keep_alive
+from tasks.broker import aws, broadcast, tls
 
 log = logging.getLogger(__name__)
 REPLY_EXCHANGE_SUFFIX = ".pidbox"
@@ -155,10 +178,29 @@ class Channel(SQS.Channel):
             return bound or [f"{routing_key}.{exchange}"]  # the waiting client bound it, not us
         return super()._lookup(exchange, routing_key, default)
 
-    def _new_boto_client(self, *args: Any, **kwargs: Any) -> Any:
+    def _new_boto_client(
+        self,
+        service: Any,
+        region: Any,
+        access_key_id: str | None,
+        secret_access_key: str | None,
+        session_token: str | None = None,
+        config: Any = None,
+    ) -> Any:
         """kombu's own clients (the hand-off's SendMessage, acks, events through SNS) keep
-        their connections too (point 7)."""
-        return asking_keep_alive(super()._new_boto_client(*args, **kwargs))
+        their connections too (point 7), take their credentials by the pipeline's rule and
+        refuse an untrusted certificate at once (point 8)."""
+        if not access_key_id:  # no keys in the broker URL: boto3's chain, else LocalStack's
+            local = aws.local_keys()
+            access_key_id, secret_access_key = local.get("aws_access_key_id"), local.get("aws_secret_access_key")
+        client = super()._new_boto_client(service, region, access_key_id, secret_access_key, session_token, config)
+        return aws.prepared(client)
+
+    def asynsqs(self, queue: str | None = None) -> Any:
+        """kombu's asynchronous client, verifying with botocore's CA bundle (point 8)."""
+        connection = super().asynsqs(queue)
+        connection.get_http_connection = lambda: BundleVerified(http_client=connection._httpclient)
+        return connection
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         """Send a message; a reply only to a reply queue that still exists (point 3)."""
@@ -190,7 +232,40 @@ class Channel(SQS.Channel):
             if messages.get("Messages"):
                 self._release_messages(queue, qname, messages["Messages"])
             return 0
+        if messages.get("Messages"):
+            messages["Messages"] = self._well_formed(qname, messages["Messages"])
         return super()._on_messages_ready(queue, qname, messages)
+
+    def _receive_message(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        """A client's synchronous receive (Flower's events, `inspect` replies): point 8."""
+        response = super()._receive_message(queue, *args, **kwargs)
+        if isinstance(response, dict) and response.get("Messages"):
+            response["Messages"] = self._well_formed(queue, response["Messages"])
+        return response
+
+    def _broadcast_kind(self, queue: str) -> broadcast.Kind:
+        exchanges = {binding[0] for binding in self.state.queue_bindings(queue)}
+        if exchanges & self.fanout_exchanges:
+            return "events"
+        return "reply" if any(is_reply_exchange(e) for e in exchanges) else "pidbox"
+
+    def _well_formed(self, queue: str, messages: list) -> list:
+        """The messages kombu may take (point 8); on a no-ack queue, the others are deleted
+        and counted."""
+        if queue not in self._noack_queues:
+            return messages
+        kind, kept = self._broadcast_kind(queue), []
+        for message in messages:
+            why = broadcast.problem(message["Body"], kind, self._decode_python_message_body)
+            if why is None:
+                kept.append(message)
+                continue
+            broadcast.dropped(queue, kind, why)
+            try:
+                self._delete_message(queue, message)
+            except Exception as exc:  # no-ack: it comes back after its visibility timeout, and is dropped again
+                log.debug("could not delete a dropped message on %s: %r", queue, exc)
+        return kept
 
     def _polling(self) -> bool:
         """Whether the asynchronous receive loop goes on: not once the channel closed
@@ -253,6 +328,21 @@ class Channel(SQS.Channel):
             log.debug("could not delete queue %s: %r", queue, exc)
         finally:  # a later declare must not find a dead URL, nor a reply be sent to one
             self._queue_cache.pop(self.canonical_queue_name(queue), None)
+
+
+class BundleVerified(AsyncHTTPSConnection):
+    """kombu's asynchronous HTTPS request, verified against botocore's CA bundle
+    (AWS_CA_BUNDLE) where one is configured: kombu's own verifies against certifi's alone
+    (``AsyncHTTPSConnection.getrequest``), so a private CA's endpoint failed every receive.
+    No kombu issue names it (none found when this was written); delete this once kombu's
+    asynchronous client verifies with its boto3 client's ``verify``."""
+
+    def getrequest(self) -> Any:
+        request = super().getrequest()
+        bundle = tls.ca_bundle()
+        if bundle:
+            request.ca_certs = bundle
+        return request
 
 
 class Transport(SQS.Transport):

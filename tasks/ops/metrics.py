@@ -15,7 +15,15 @@ Two collectors, read at each scrape:
   and the next scrape connects again.
 - ``QueueCollector``: each queue's visible and in-flight messages from SQS's
   GetQueueAttributes, and an estimate of the age of the oldest message waiting on
-  login-queue (`oldest_age`: SQS itself gives that only through CloudWatch).
+  login-queue (`oldest_age`: SQS itself gives that only through CloudWatch). The calls
+  run in a background thread (``QueueCache``), never in the scrape, so /metrics answers
+  within Prometheus's scrape timeout whatever SQS does; ``queue_cache_age_seconds`` says
+  how old the gauges are; once a round fails or hangs ``sqs_up`` is 0 and they are left out.
+
+The fetch's start (``last_fetch_timestamp_seconds``) is written by the worker that runs
+the fetch, not by beat: it stops when beat stops sending fetches, and as well when no
+worker runs them (the rules tell the two apart by the fetch queue's depth).
+Flower's /metrics adds ``workers_alive`` (tasks/ops/workers.py).
 
 No label or value ever comes from a record: queue names are the configured ones and
 dead-letter reasons one of tasks/pipeline/reasons.py's classes. Retries are Flower's
@@ -50,11 +58,18 @@ from tasks.pipeline.reasons import CLASSES
 
 log = logging.getLogger(__name__)
 P = "login_pipeline_"
+# The queue gauges come from a cache a background thread refreshes every REFRESH_SECONDS.
+# When the last round failed, one has run HUNG_SECONDS without an answer, or the gauges
+# are older than STALE_SECONDS, SQS counts as down and they are left out, not shown stale.
+REFRESH_SECONDS = 5.0
+STALE_SECONDS = 30.0
+FIRST_WAIT = 2.0  # seconds the first scrape waits for the first round
+HUNG_SECONDS = 3.0  # a round this long is an endpoint that accepts and does not answer
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One metric as the collectors make it and README lists it."""
+    """One metric as the collectors make it and docs/monitoring.md lists it."""
 
     name: str
     kind: Any  # CounterMetricFamily, GaugeMetricFamily or HistogramMetricFamily
@@ -77,6 +92,14 @@ COUNTERS = (  # (spec, the ledger's key)
         "non_address_ips",
     ),
     (Spec(f"{P}batches", CounterMetricFamily, "Committed mask-and-insert batches, given-up ones included"), "batches"),
+    (
+        Spec(
+            f"{P}forgotten_events_dropped",
+            CounterMetricFamily,
+            "Events of forgotten users, sent before their erasure, dropped by a batch",
+        ),
+        "forgotten",
+    ),
 )
 DEAD_LETTERS = Spec(
     f"{P}dead_letters",
@@ -99,12 +122,21 @@ BATCH_DURATION = Spec(
 LAST_COMMIT = Spec(
     f"{P}last_commit_timestamp_seconds", GaugeMetricFamily, "Unix time of the last committed batch (0: none yet)"
 )
-BEAT_TICK = Spec(
-    f"{P}beat_last_tick_timestamp_seconds",
+LAST_FETCH = Spec(
+    f"{P}last_fetch_timestamp_seconds",
     GaugeMetricFamily,
-    "Unix time at which the last beat-scheduled fetch started (0: none yet)",
+    "Unix time at which a worker last started a fetch of login-queue (0: none yet)",
 )
-SQS_UP = Spec(f"{P}sqs_up", GaugeMetricFamily, "1 if SQS answered this scrape's queue-attribute calls, else 0")
+SQS_UP = Spec(
+    f"{P}sqs_up",
+    GaugeMetricFamily,
+    f"1 if SQS answered the last round of queue-attribute calls (every {REFRESH_SECONDS:g} s), else 0",
+)
+QUEUE_CACHE_AGE = Spec(
+    f"{P}queue_cache_age_seconds",
+    GaugeMetricFamily,
+    "Seconds since SQS last answered the queue-attribute calls the queue gauges show (-1: never)",
+)
 QUEUE_MESSAGES = Spec(
     f"{P}queue_messages",
     GaugeMetricFamily,
@@ -117,8 +149,30 @@ OLDEST_AGE = Spec(
     "Estimated age of the oldest message waiting on the source queue (0 when none waits)",
     ("queue",),
 )
+OLDEST_ROW_AGE = Spec(
+    f"{P}oldest_row_age_seconds",
+    GaugeMetricFamily,
+    "Age of the oldest row of user_logins, from the start (UTC) of its create_date (0: no row)",
+)
+RETENTION = Spec(f"{P}retention_days", GaugeMetricFamily, "RETENTION_DAYS in effect (0: rows are kept forever)")
+WORKERS_ALIVE = Spec(
+    f"{P}workers_alive",
+    GaugeMetricFamily,
+    "Celery workers whose last heartbeat reached Flower within 2 of their intervals (Flower's /metrics only)",
+)
 LEDGER_SPECS = (DATABASE_UP, *(spec for spec, _ in COUNTERS), DEAD_LETTERS, FRESHNESS, BATCH_DURATION)
-SPECS = (*LEDGER_SPECS, LAST_COMMIT, BEAT_TICK, SQS_UP, QUEUE_MESSAGES, OLDEST_AGE)
+SPECS = (
+    *LEDGER_SPECS,
+    LAST_COMMIT,
+    LAST_FETCH,
+    OLDEST_ROW_AGE,
+    RETENTION,
+    SQS_UP,
+    QUEUE_CACHE_AGE,
+    QUEUE_MESSAGES,
+    OLDEST_AGE,
+    WORKERS_ALIVE,
+)
 
 
 class PipelineCollector(Collector):
@@ -151,7 +205,7 @@ class PipelineCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         """The metrics' names, for the registry, without a database round trip."""
-        for spec in (*LEDGER_SPECS, LAST_COMMIT, BEAT_TICK):
+        for spec in (*LEDGER_SPECS, LAST_COMMIT, LAST_FETCH, OLDEST_ROW_AGE, RETENTION):
             yield spec.family()
 
     def collect(self) -> Iterator[Metric]:
@@ -173,7 +227,10 @@ class PipelineCollector(Collector):
             sum_value=ledger.totals["seconds"],
         )
         yield LAST_COMMIT.family(value=ledger.last_commit or 0)
-        yield BEAT_TICK.family(value=ledger.last_fetch or 0)
+        yield LAST_FETCH.family(value=ledger.last_fetch or 0)
+        oldest = ledger.oldest_row
+        yield OLDEST_ROW_AGE.family(value=max(0.0, time.time() - oldest) if oldest is not None else 0)
+        yield RETENTION.family(value=config.RETENTION_DAYS)
 
 
 def oldest_age(visible: int, ledger: store.Ledger, now: float) -> float:
@@ -192,25 +249,101 @@ def oldest_age(visible: int, ledger: store.Ledger, now: float) -> float:
     return max(0.0, now - since) if visible and since else 0.0
 
 
-class QueueCollector(Collector):
-    """Queue gauges from GetQueueAttributes; the oldest age needs `pipeline`'s ledger,
-    so this collector is registered after it (a registry collects in that order)."""
+@dataclass(frozen=True)
+class Depths:
+    """What the last successful round of queue-attribute calls read, and when."""
 
-    def __init__(self, pipeline: PipelineCollector, queues: Callable[[], list[str]] = status.queue_names) -> None:
-        self._pipeline = pipeline
+    queues: dict[str, dict[str, int]]
+    at: float  # time.monotonic()
+
+
+class QueueCache:
+    """Each queue's depth, read by a daemon thread every REFRESH_SECONDS with the scrape
+    client (one attempt, short timeouts): a scrape never waits on SQS, whatever SQS does
+    (issue 32: a frozen LocalStack made Flower's /metrics take over 10 s, so the first
+    page said "metrics down"). The thread starts at the first `latest` call (after any fork)."""
+
+    def __init__(
+        self,
+        queues: Callable[[], list[str]] = status.queue_names,
+        read: Callable[[str], dict[str, int]] | None = None,
+        every: float = REFRESH_SECONDS,
+    ) -> None:
         self._queues = queues
+        self._read = read or (lambda name: aws.queue_depth(name, aws.scrape_client()))
+        self._every = every
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._first = threading.Event()  # set after the first round, answered or not
+        self.depths: Depths | None = None
+        self.failed = False  # the last round failed
+        self.round_started: float | None = None  # monotonic, while a round runs
+
+    def refresh(self) -> None:
+        """One round of calls; on any failure the previous depths stay, ageing."""
+        self.round_started = time.monotonic()
+        try:
+            depths = {name: self._read(name) for name in self._queues()}
+        except Exception as exc:  # SQS down or a queue missing: one line, no counts
+            log.warning("metrics: queue attributes failed: %s", type(exc).__name__)
+            self.failed = True
+            return
+        finally:
+            self.round_started = None
+        self.depths, self.failed = Depths(depths, time.monotonic()), False
+
+    def answering(self) -> bool:
+        """Whether SQS answers: the last round succeeded, within STALE_SECONDS, and the
+        round now running (if any) has not waited HUNG_SECONDS (a frozen endpoint takes
+        the whole read timeout to fail)."""
+        started, depths = self.round_started, self.depths
+        hung = started is not None and time.monotonic() - started > HUNG_SECONDS
+        fresh = depths is not None and time.monotonic() - depths.at <= STALE_SECONDS
+        return fresh and not self.failed and not hung
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.refresh()
+            self._first.set()
+            self._stop.wait(max(0.0, self._every - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="queue-depths", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def latest(self) -> Depths | None:
+        """The last depths read; the first call waits up to FIRST_WAIT seconds for them."""
+        self.start()
+        self._first.wait(FIRST_WAIT)
+        return self.depths
+
+
+class QueueCollector(Collector):
+    """Queue gauges from the cache of GetQueueAttributes; the oldest age needs `pipeline`'s
+    ledger, so this collector is registered after it (a registry collects in that order)."""
+
+    def __init__(self, pipeline: PipelineCollector, cache: QueueCache | None = None) -> None:
+        self._pipeline = pipeline
+        self._cache = cache or QueueCache()
 
     def describe(self) -> Iterator[Metric]:
-        for spec in (SQS_UP, QUEUE_MESSAGES, OLDEST_AGE):
+        for spec in (SQS_UP, QUEUE_CACHE_AGE, QUEUE_MESSAGES, OLDEST_AGE):
             yield spec.family()
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            depths = {name: aws.queue_depth(name, aws.scrape_client()) for name in self._queues()}
-        except Exception as exc:  # SQS down or a queue missing: one line, no counts
-            log.warning("metrics: queue attributes failed: %s", type(exc).__name__)
+        cached = self._cache.latest()
+        yield QUEUE_CACHE_AGE.family(value=time.monotonic() - cached.at if cached else -1.0)
+        if cached is None or not self._cache.answering():
             yield SQS_UP.family(value=0)
             return
+        depths = cached.queues
         yield SQS_UP.family(value=1)
         gauge = QUEUE_MESSAGES.family()
         for name, depth in depths.items():
@@ -219,10 +352,10 @@ class QueueCollector(Collector):
         yield gauge
         ledger = self._pipeline.latest
         if ledger is not None and config.SOURCE_QUEUE in depths:
-            age = OLDEST_AGE.family()
+            oldest = OLDEST_AGE.family()
             visible = depths[config.SOURCE_QUEUE]["visible"]
-            age.add_metric([config.SOURCE_QUEUE], oldest_age(visible, ledger, time.time()))
-            yield age
+            oldest.add_metric([config.SOURCE_QUEUE], oldest_age(visible, ledger, time.time()))
+            yield oldest
 
 
 def collectors(url: Callable[[], str] = config.metrics_database_url) -> list[Collector]:
@@ -243,7 +376,7 @@ def register() -> None:
 
 
 def metrics_table() -> str:
-    """README's list of the pipeline's metrics, made from the specs above."""
+    """docs/monitoring.md's list of the pipeline's metrics, made from the specs above."""
     kinds = {CounterMetricFamily: "counter", GaugeMetricFamily: "gauge", HistogramMetricFamily: "histogram"}
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for spec in SPECS:

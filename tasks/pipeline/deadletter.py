@@ -4,6 +4,11 @@ A dead letter keeps the original body (unless DEAD_LETTER_KEEP_BODY is off) so t
 `redrive` can replay it once its cause is fixed, and carries as message attributes
 the reason and the original message id and SentTimestamp, signed with the body
 (tasks.pipeline.source) so that `redrive` can trust them.
+
+A body is never withheld for its size. A letter goes in a SendMessageBatch call of its
+own when it is large, and fits SQS's 1 MiB unless its body was within its attributes'
+size of that limit; such a message is never made a dead letter here (`fits`): the fetch
+leaves it in login-queue for SQS's own redrive policy (tasks.pipeline.oversize).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from tasks.pipeline.records import DeadLetter
 from tasks.pipeline.source import redrive_attributes
 
 WITHHELD_BODY = "(body withheld: DEAD_LETTER_KEEP_BODY is off)"
+# What earlier versions put in place of a body too large for a dead letter: `redrive`
+# leaves such letters where they are.
 TOO_LARGE_BODY = "(body withheld: too large for a dead letter)"
-# SendMessageBatch takes at most 1 MiB in all; a call is kept well under it, and a body
-# that could not go in a call of its own beside its attributes is withheld.
-CALL_BUDGET = 1_000_000
-MAX_BODY = CALL_BUDGET - 16_384
+# SendMessageBatch takes at most 1 MiB in all, bodies and attributes as SQS counts them.
+CALL_BUDGET = 1_048_576
+ATTRIBUTE_OVERHEAD = 16  # an attribute's data type, and a margin
 
 
 class DeadLetterError(RuntimeError):
@@ -28,14 +34,19 @@ class DeadLetterError(RuntimeError):
 
 
 def _body(letter: DeadLetter, keep_body: bool) -> str:
-    if not (keep_body and letter.message.body):
-        return WITHHELD_BODY
-    return letter.message.body if len(letter.message.body.encode()) <= MAX_BODY else TOO_LARGE_BODY
+    return letter.message.body if keep_body and letter.message.body else WITHHELD_BODY
+
+
+def _bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _size(entry: dict) -> int:
-    attributes = sum(len(k) + len(v["StringValue"]) + 16 for k, v in entry["MessageAttributes"].items())
-    return len(entry["MessageBody"].encode()) + attributes
+    """At least what SQS counts of an entry: its body, and each attribute's name, type and value."""
+    attributes = entry["MessageAttributes"].items()
+    return _bytes(entry["MessageBody"]) + sum(
+        _bytes(k) + _bytes(v["StringValue"]) + ATTRIBUTE_OVERHEAD for k, v in attributes
+    )
 
 
 def calls(entries: list[dict]) -> list[list[dict]]:
@@ -68,6 +79,10 @@ class DeadLetterQueue:
         self.keys = keys
         self.keep_body = keep_body
         self.sqs = aws.client("sqs")
+
+    def fits(self, letter: DeadLetter) -> bool:
+        """Whether SQS takes this dead letter, its body and attributes together."""
+        return _size(_entry(0, letter, self.keep_body, self.keys)) <= CALL_BUDGET
 
     def send(self, letters: Iterable[DeadLetter]) -> int:
         letters = list(letters)

@@ -32,3 +32,36 @@ def reason_class(reason: str) -> str:
         if pattern.search(reason):
             return name
     return "other"
+
+
+# `redrive --reason` (tasks/ops/redrive.py) picks dead letters by these labels: a class
+# above, or one of these groups. A batch given up is split by why: `transient` when its
+# retries ran out on a failure that may pass (the database or SQS unreachable, a timeout:
+# what an outage leaves), `permanent` when it failed in a way no retry mends. A letter
+# with no reason at all is one SQS moved after too many receives.
+RETRIES_EXHAUSTED = re.compile(r"^gave up after \d+ retries: ")
+MALFORMED = ("not_json", "not_object", "missing_field", "too_long", "too_large", "unusable_message", "invalid_field")
+MOVED_BY_SQS = "moved_by_sqs"
+GROUPS = ("transient", "permanent", "malformed", MOVED_BY_SQS)
+SELECTABLE = (*GROUPS, *CLASSES)
+
+
+def redrive_class(reason: str | None) -> str:
+    """The label `redrive` shows for a dead letter's reason (None: no reason attribute)."""
+    if reason is None:
+        return MOVED_BY_SQS
+    name = reason_class(reason)
+    if name == "batch_given_up":
+        return "transient" if RETRIES_EXHAUSTED.search(reason) else "permanent"
+    return name
+
+
+def labels(reason: str | None) -> set[str]:
+    """Every label of SELECTABLE that picks a dead letter with this reason."""
+    name = redrive_class(reason)
+    found = {name}
+    if name in ("transient", "permanent"):
+        found.add("batch_given_up")
+    if name in MALFORMED:
+        found.add("malformed")
+    return found

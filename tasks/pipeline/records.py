@@ -13,14 +13,21 @@ or an object, or a number where an address is expected. ``app_version`` must be
 encodable (tasks.versions). Unknown keys are ignored.
 
 Text is NFC-normalised, so one user id typed in composed or decomposed form is one
-user. A field stored as given (``user_id``, ``device_type``, ``locale``) may hold no
-control character (Unicode category Cc) and no bidirectional formatting character
-(U+202A..U+202E, U+2066..U+2069, U+200E, U+200F, U+061C), which would make a value
-display as another; the masked fields are normalised again by tasks.masking and
-stored only as tokens. Text must fit its column once normalised (masked fields: a
-bound in UTF-8 bytes, so every token fits varchar(256)) and carry no NUL byte.
+user. No text field may hold a control character (Unicode category Cc: C0, DEL, C1)
+or a bidirectional formatting character (U+202A..U+202E, U+2066..U+2069, U+200E,
+U+200F, U+061C): one would make a value display as another, or write to the terminal
+of an operator who reads it (``unmask`` shows masked fields' values).
+The masked fields are normalised again by tasks.masking and stored only as tokens. Text
+must fit its column once normalised (masked fields: a bound in UTF-8 bytes, so every
+token fits varchar(256)) and carry no NUL byte.
 Anything else is a DeadLetter with a reason that names the field but never its value,
 since values may be personal data.
+
+Normalisation costs more than linear time: CPython orders a run of combining marks by
+insertion sort, so 90,000 marks in descending combining class took 25 s of CPU. Text is
+therefore measured before it is normalised, and refused when it is longer than
+NFC_SHRINK times its limit: NFC composes at most NFC_SHRINK code points (and UTF-8
+bytes) into one, so such text could not fit once normalised either.
 """
 
 from __future__ import annotations
@@ -45,9 +52,13 @@ MAX_SENT_AT_MS = 10**15 - 1  # 15 digits, as tasks.pipeline.source reads SentTim
 # Fields where a JSON whole number has one meaning: its decimal text.
 NUMBERS_AS_TEXT = frozenset({"user_id", "app_version", "device_id"})
 KNOWN_FIELDS = frozenset({"user_id", "app_version", "device_type", "ip", "locale", "device_id"})
-STORED_AS_GIVEN = frozenset(TEXT_LIMITS)
 # Wider than any column: a longer whole number is refused before int() reads it.
 MAX_NUMBER_DIGITS = 128
+# The most code points, and UTF-8 bytes, that NFC composes into one code point: the
+# longest canonical decomposition is 4 code points (U+1F82), a Hangul syllable is 3
+# jamo of 3 bytes each composed into 3 bytes (tests/unit/test_records.py checks the
+# whole of Unicode).
+NFC_SHRINK = 4
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Unicode's control characters (category Cc: U+0000-U+001F, U+007F-U+009F) and the above.
 CONTROL_OR_BIDI = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(BIDI_CONTROLS)) + "]")
@@ -151,6 +162,11 @@ def _as_text(field: str, value: object) -> str:
     raise Invalid(f"{field} is not a string")
 
 
+def _size(value: str, unit: str) -> int:
+    """Characters (code points), or UTF-8 bytes; UnicodeEncodeError for a lone surrogate."""
+    return len(value.encode("utf-8")) if unit == "bytes" else len(value)
+
+
 def _text(record: dict[str, Any], field: str, limit: int, unit: str = "characters") -> str | None:
     value = record.get(field)
     if value is None:
@@ -159,14 +175,15 @@ def _text(record: dict[str, Any], field: str, limit: int, unit: str = "character
     if "\x00" in value:
         raise Invalid(f"{field} contains a NUL byte")
     try:
-        value.encode("utf-8")
+        raw_size = _size(value, "bytes")
     except UnicodeEncodeError:  # a lone surrogate: no UTF-8, so no COPY either
         raise Invalid(f"{field} is not valid Unicode text") from None
-    value = unicodedata.normalize("NFC", value)
-    if field in STORED_AS_GIVEN and CONTROL_OR_BIDI.search(value):
+    if CONTROL_OR_BIDI.search(value):
         raise Invalid(f"{field} contains a control or bidirectional formatting character")
-    size = len(value.encode("utf-8")) if unit == "bytes" else len(value)
-    if size > limit:
+    if (raw_size if unit == "bytes" else len(value)) > NFC_SHRINK * limit:  # before NFC's superlinear work
+        raise Invalid(f"{field} is longer than {limit} {unit}")
+    value = unicodedata.normalize("NFC", value)
+    if _size(value, unit) > limit:
         raise Invalid(f"{field} is longer than {limit} {unit}")
     return value
 

@@ -19,7 +19,11 @@ message, however odd, costs itself alone and never its batchmates:
   forger gains nothing, and no attribute's value is parsed unbounded or quoted.
 - A message whose own fields are unusable (no SentTimestamp of 1 to 15 digits, a body
   that is not text) is set apart with a reason (`Received.reason`) and becomes a dead
-  letter from the fetch, like a message too large for any batch.
+  letter from the fetch.
+- A body too large to travel as it is (over tasks.pipeline.oversize.COMPACT_ABOVE
+  characters) is read here, on receipt: a valid event goes on as its fields alone, an
+  invalid one is set apart with the record's own reason and its whole body. So the
+  fetch never holds more than a response's worth of a large body it does not need.
 - A message without a MessageId or ReceiptHandle SQS would never send; it is logged
   (no values) and left alone, so the queue's redrive policy moves it to the
   dead-letter queue after its receives run out.
@@ -35,7 +39,8 @@ from functools import cache
 
 from tasks.broker import aws
 from tasks.pipeline.keys import KeyRing
-from tasks.pipeline.records import SourceMessage
+from tasks.pipeline.oversize import compact
+from tasks.pipeline.records import Invalid, SourceMessage
 
 log = logging.getLogger(__name__)
 ORIGINAL_ID = "source_message_id"
@@ -147,12 +152,18 @@ def _received(raw: object, keys: KeyRing) -> Received | None:
         if not isinstance(body, str):
             raise Unusable("message body is not text")
         message_id, sent_at_ms = identity(raw, keys)
-        return Received(SourceMessage(message_id, sent_at_ms, text), receipt)
+        message = SourceMessage(message_id, sent_at_ms, text)
     except Unusable as exc:
         return Received(SourceMessage(message_id, 0, text), receipt, str(exc))
     except Exception as exc:  # a message no rule foresaw: it alone is set apart
         reason = f"message could not be read: {type(exc).__name__}"
         return Received(SourceMessage(message_id, 0, text), receipt, reason)
+    try:
+        return Received(compact(message), receipt)
+    except Invalid as exc:  # a large body that is no valid event: a dead letter, whole
+        return Received(message, receipt, str(exc))
+    except Exception as exc:  # a record no rule foresaw: it alone is set apart, whole
+        return Received(message, receipt, f"record could not be read: {type(exc).__name__}")
 
 
 def received_messages(response: object, keys: KeyRing) -> list[Received]:

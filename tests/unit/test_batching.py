@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from tasks.pipeline.batching import Batch, cut_batch, receive_batches, wire_size
+from tasks.pipeline.batching import RECEIVE_RESERVE, Batch, cut_batch, held_bytes, receive_batches, wire_size
 from tasks.pipeline.records import SourceMessage
 from tasks.pipeline.source import Received
 
@@ -92,7 +92,7 @@ def test_a_message_that_arrives_during_a_long_poll_is_handed_off_within_max_wait
 def test_a_lingering_batch_asks_with_one_call_while_the_queue_is_empty() -> None:
     source = FakeSource([received(n) for n in range(30)])
     now = time.monotonic()
-    batches = list(receive_batches(source, 500, 10**6, now + 60, idle_until=now, max_wait=0.2))  # type: ignore[arg-type]
+    batches = list(receive_batches(source, 500, 10**6, now + 60, idle_until=now, max_wait=0.2, max_held=10**12))  # type: ignore[arg-type]
     assert [len(b.messages) for b in batches] == [30]
     # the long poll, two rounds that find messages, one that does not, then single calls of ten
     # until the batch goes, and a last round after it
@@ -149,3 +149,31 @@ def test_a_full_batch_fits_sqs_after_kombus_two_base64_layers() -> None:
     envelope = dumps({"body": base64.b64encode(args.encode()).decode(), "headers": headers, "properties": {}})
     assert sum(wire_size(r) for r in batch.messages) <= MAX_BATCH_BYTES
     assert len(base64.b64encode(envelope.encode())) < SQS_MAX_MESSAGE_BYTES
+
+
+def test_a_fetch_holds_at_most_its_bytes_asking_for_less_as_it_holds_more() -> None:
+    """A flood of 1 MiB bodies: what it holds plus 1 MiB for each message asked for stays
+    within max_held, and every message still goes."""
+    source = FakeSource([received(n, "x" * (RECEIVE_RESERVE - 100)) for n in range(40)])
+    out: list[Received] = []
+    asked: list[int] = []  # messages asked for plus those held, at each call
+    got = [0]
+    original = source.receive_up_to
+
+    def receive_up_to(count: int, wait: int = 0) -> list[Received]:
+        asked.append(count + got[0] - len(out))
+        messages = original(count, wait)
+        got[0] += len(messages)
+        return messages
+
+    source.receive_up_to = receive_up_to  # type: ignore[method-assign]
+    now = time.monotonic()
+    for batch in receive_batches(
+        source, 500, 10**6, now + 60, idle_until=now, max_wait=5, max_held=12 * RECEIVE_RESERVE
+    ):  # type: ignore[arg-type]
+        out += batch.messages + batch.set_apart
+    assert len(out) == 40 and max(asked) <= 12 and min(source.counts) >= 1
+
+
+def test_the_budget_counts_bodies_in_memory() -> None:
+    assert held_bytes([received(0, "x" * 1000), received(1, "\U0001f600" * 1000)]) >= 1000 + 4000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.pipeline.deadletter import CALL_BUDGET, TOO_LARGE_BODY, _entry, _size, calls
+from tasks.pipeline.deadletter import CALL_BUDGET, TOO_LARGE_BODY, DeadLetterQueue, _entry, _size, calls
 from tasks.pipeline.keys import parse_key_ring
 from tasks.pipeline.records import DeadLetter, SourceMessage
 
@@ -23,6 +23,17 @@ def test_large_letters_are_grouped_by_bytes() -> None:
     assert all(sum(_size(e) for e in g) <= CALL_BUDGET for g in groups)
 
 
-def test_a_body_that_cannot_fit_a_call_is_withheld_and_the_letter_still_goes() -> None:
+def test_a_body_near_sqss_limit_is_kept_whole_in_a_call_of_its_own() -> None:
     entry = letter(1, "x" * 1_040_000)
-    assert entry["MessageBody"] == TOO_LARGE_BODY and entry["MessageAttributes"]["reason"]["StringValue"] == "too large"
+    assert entry["MessageBody"] == "x" * 1_040_000 and TOO_LARGE_BODY not in entry["MessageBody"]
+    assert [len(g) for g in calls([letter(0, "{}"), entry, letter(2, "x" * 1_040_000)])] == [2, 1]
+
+
+def test_a_letter_sqs_would_refuse_does_not_fit() -> None:
+    class Queue(DeadLetterQueue):
+        def __init__(self) -> None:
+            self.keys, self.keep_body = KEYS, True
+
+    queue = Queue()
+    assert queue.fits(DeadLetter(SourceMessage("m", 1, "x" * 1_040_000), "user_id is missing"))
+    assert not queue.fits(DeadLetter(SourceMessage("m", 1, "x" * (CALL_BUDGET - 100)), "user_id is missing"))

@@ -1,14 +1,21 @@
 """The lean SQS calls make, byte for byte, the request botocore makes: botocore is the oracle."""
 
+import contextlib
+import json
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import pytest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, ReadTimeoutError, SSLError
 
-from tasks.broker import lean_sqs
+from tasks.broker import lean_sqs, tls
 from tasks.broker.lean_sqs import LeanSQS, error_of
 
 RECEIVE = {
@@ -179,6 +186,149 @@ def test_a_certificate_problem_is_not_retried(monkeypatch: pytest.MonkeyPatch) -
     server = Server([(200, b"{}")], close=False)
     url = server.url.replace("http:", "https:")
     lean = LeanSQS(url, "us-east-1", Credentials("AKID", "secret"), ca_bundle="/no/such/bundle.pem")
-    with pytest.raises(EndpointConnectionError) as failed:
+    with pytest.raises(SSLError) as failed:  # botocore's own type for it: named, never "unreachable"
         lean.receive_message(QueueUrl="q")
     assert failed.value.kwargs["error"].startswith("curl 77:") and slept == []
+    assert (tls.reason(failed.value) or "").endswith("/no/such/bundle.pem")  # the bundle, named
+
+
+# --- A hostile or broken endpoint (issue 27, finding 7) --------------------------------
+class Hostile:
+    """A loopback HTTP server that reads each request and then misbehaves as `answer`
+    says, on a thread per connection; `sent` counts the body bytes it got out."""
+
+    def __init__(self, answer: Callable[[Any], None]) -> None:
+        self.answer, self.requests, self.sent = answer, 0, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            self.requests += 1
+            with contextlib.suppress(OSError):  # the client hangs up: what a cap does
+                self.answer(connection)
+
+    def stream(self, connection: socket.socket, head: bytes, chunks: Iterator[bytes]) -> None:
+        connection.sendall(head)
+        for chunk in chunks:
+            connection.sendall(chunk)
+            self.sent += len(chunk)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def endless(prefix: bytes) -> Iterator[bytes]:
+    yield prefix
+    while True:
+        yield b"x" * 1_048_576
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_answer_beyond_what_sqs_answers_fails_without_reading_the_rest(framing: str) -> None:
+    """A 1 GiB answer: the call stops reading at the cap, holds no more than it, and is not retried."""
+
+    def huge(connection: socket.socket) -> None:
+        if framing == "length":
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % GIB
+            server.stream(connection, head, endless(b'{"Messages": [{"Body": "'))
+        else:
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            server.stream(connection, head, (b"%x\r\n%s\r\n" % (len(c), c) for c in endless(b'{"Messages": "')))
+
+    server = Hostile(huge)
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ClientError) as failed:
+            lean_at(server.url).receive_message(QueueUrl="q")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.close()
+    assert failed.value.response["Error"]["Code"] == "ResponseTooLarge" and server.requests == 1
+    assert "MiB" in failed.value.response["Error"]["Message"]
+    print(f"{framing}: {server.sent / 2**20:.0f} MiB sent of 1 GiB, peak {peak / 2**20:.0f} MiB traced,"
+          f" {time.monotonic() - started:.1f} s")  # fmt: skip
+    assert server.sent < lean_sqs.MAX_ANSWER_BYTES + 64 * 2**20
+    assert peak < 2 * lean_sqs.MAX_ANSWER_BYTES
+
+
+def test_a_huge_error_answer_is_read_no_further_than_the_cap() -> None:
+    def huge_error(connection: socket.socket) -> None:
+        server.stream(connection, b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n",
+                      (b"%x\r\n%s\r\n" % (len(c), c) for c in endless(b"<html>")))  # fmt: skip
+
+    server = Hostile(huge_error)
+    try:
+        with pytest.raises(ClientError) as failed:
+            lean_at(server.url).receive_message(QueueUrl="q")
+    finally:
+        server.close()
+    assert failed.value.response["Error"]["Code"] == "ResponseTooLarge" and server.requests == lean_sqs.ATTEMPTS
+    assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503  # retried, as a 5xx is
+    assert server.sent < lean_sqs.ATTEMPTS * (lean_sqs.MAX_ANSWER_BYTES + 64 * 2**20)
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_json_nested_100000_deep_is_botocores_error(status: int) -> None:
+    attempts = lean_sqs.ATTEMPTS if status == 200 else 1  # a garbled 200 may be transient, a 400 is not
+    server = Server([(status, b"[" * 100_000 + b"]" * 100_000)] * attempts, close=False)
+    with pytest.raises(ClientError) as failed:
+        lean_at(server.url).receive_message(QueueUrl="q")
+    assert failed.value.response["Error"]["Code"] == ("UnreadableResponse" if status == 200 else "400")
+    assert server.requests == attempts
+
+
+def test_an_error_message_is_cut_to_one_short_line() -> None:
+    message = "The queue is gone.\n[CRITICAL] forged line \x1b]52;c;Y2xpcGJvYXJk\x07" + "A" * 600_000
+    payload = json.dumps({"__type": "com.amazonaws.sqs#" + "Q" * 100_000, "message": message}).encode()
+    server = Server([(400, payload)], close=False)
+    with pytest.raises(ClientError) as failed:
+        lean_at(server.url).receive_message(QueueUrl="q")
+    text = str(failed.value)
+    assert len(text) < 2 * (lean_sqs.MAX_ERROR_TEXT + 100) and text.isprintable()
+    assert "The queue is gone." in text and "more characters" in text
+
+
+@pytest.mark.parametrize("behaviour", ["stall", "drip"])
+def test_the_whole_call_ends_within_its_long_poll_and_answer_time(behaviour: str) -> None:
+    """A stalled answer, or one dripped a byte at a time, ends the call, every attempt
+    included, within WaitTimeSeconds + answer_seconds (the fetch's limits leave that)."""
+
+    def misbehave(connection: socket.socket) -> None:
+        if behaviour == "drip":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        while not server.stop.wait(0.2):
+            if behaviour == "drip":
+                connection.sendall(b" ")
+
+    server = Hostile(misbehave)
+    lean = LeanSQS(server.url, "us-east-1", Credentials("AKID", "secret"), answer_seconds=1.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ReadTimeoutError) as failed:
+            lean.receive_message(QueueUrl="q", WaitTimeSeconds=1)
+    finally:
+        server.close()
+    took = time.monotonic() - started
+    print(f"{behaviour}: the call ended after {took:.2f} s ({server.requests} attempt(s))")
+    assert 2.5 <= took < 3.5 and failed.value.kwargs["error"].startswith("curl 28:")
+    assert str(failed.value).startswith("Read timeout on endpoint URL")

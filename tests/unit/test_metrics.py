@@ -8,10 +8,12 @@ import io
 import json
 import logging
 import os
+import threading
+import time
 
 import pytest
 
-from tasks.ops import exporter, health, logs
+from tasks.ops import exporter, health, logs, metrics
 from tasks.ops.metrics import SPECS, metrics_table, oldest_age
 from tasks.pipeline import histogram, store
 from tasks.pipeline.reasons import CLASSES, reason_class
@@ -94,27 +96,41 @@ def test_health_says_what_it_checked_and_how_old(tmp_path, monkeypatch) -> None:
     assert not stale.alive and stale.line.startswith("beat not alive: heartbeat of beat's scheduler 12.5 s ago")
 
 
+LONG = "prom:a-long-enough-password"
+
+
 @pytest.mark.parametrize(
     ("address", "auth", "refused"),
     [
-        ("127.0.0.1", "", False),
-        ("::1", "", False),
-        ("0.0.0.0", "", True),
-        ("", "", True),
-        ("0.0.0.0", "prom:secret", False),
-        ("0.0.0.0", "no-colon", True),
+        ("127.0.0.1", [], False),
+        ("::1", [], False),
+        ("127.0.0.1", ["prom:short"], False),  # on the loopback a short password is allowed, as Flower's
+        ("0.0.0.0", [], True),
+        ("", [], True),
+        ("0.0.0.0", [LONG], False),
+        ("0.0.0.0", ["prom:short"], True),
+        ("0.0.0.0", [" : "], True),
+        ("127.0.0.1", [" : "], True),  # an empty entry is never auth
+        ("0.0.0.0", [LONG, ":" + "x" * 20], True),
+        ("0.0.0.0", ["no-colon"], True),
     ],
 )
-def test_the_metrics_server_follows_flowers_rules(address: str, auth: str, refused: bool) -> None:
+def test_the_metrics_server_follows_flowers_rules(address: str, auth: list[str], refused: bool) -> None:
     assert (exporter.refusal(address, auth) is not None) is refused
 
 
+def basic(credential: str) -> str:
+    return "Basic " + base64.b64encode(credential.encode()).decode()
+
+
 def test_the_metrics_server_checks_basic_auth() -> None:
-    good = "Basic " + base64.b64encode(b"prom:secret").decode()
-    assert exporter.authorized(good, "prom:secret")
-    assert exporter.authorized(None, "")  # no auth configured (loopback only)
-    for header in (None, "", "Basic !!!", "Bearer x", "Basic " + base64.b64encode(b"prom:wrong").decode()):
-        assert not exporter.authorized(header, "prom:secret")
+    assert exporter.authorized(basic("prom:secret"), ["prom:secret"])
+    assert exporter.authorized(None, [])  # no auth configured (loopback only)
+    for header in (None, "", "Basic !!!", "Bearer x", basic("prom:wrong"), basic("prom:secret,other:pw")):
+        assert not exporter.authorized(header, ["prom:secret"])
+    both = ["prom:secret", "other:password"]
+    assert exporter.authorized(basic("prom:secret"), both) and exporter.authorized(basic("other:password"), both)
+    assert not exporter.authorized(basic("prom:secret,other:password"), both)
 
 
 def test_json_logs_carry_fields_and_no_escaped_text(monkeypatch) -> None:
@@ -130,3 +146,66 @@ def test_json_logs_carry_fields_and_no_escaped_text(monkeypatch) -> None:
     assert line["batch_size"] == 3 and line["duration_seconds"] == 0.25 and line["logger"] == "test.json"
     logger.info("ünïcode stays as written")
     assert "ünïcode" in stream.getvalue()  # not \\u escapes, which a PII scan would miss
+
+
+def test_a_worker_is_alive_while_its_heartbeats_arrive_and_dead_two_intervals_after() -> None:
+    from celery.events.state import State
+
+    from tasks.ops import workers
+
+    state = State()
+    now = 1_000_000.0
+    for name, last in (("a@h", now - 1), ("b@h", now - 2 * 2.0 - workers.DELIVERY_SLACK - 1)):
+        state.get_or_create_worker(name, freq=2.0)[0].heartbeats.append(last)
+    state.get_or_create_worker("c@h", freq=2.0)  # never heard a heartbeat from
+    assert workers.alive(state, now) == 1  # b's last heartbeat is past 2 intervals and the slack: killed
+    assert workers.alive(state, now + 60) == 0  # no goodbye needed
+
+
+def test_the_queue_gauges_come_from_a_cache_a_scrape_never_waits_on() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    calls: list[str] = []
+    release = threading.Event()
+
+    def hanging(name: str) -> dict[str, int]:
+        calls.append(name)
+        if len(calls) > 1:
+            release.wait(60)  # SQS frozen after the first round's first call: the thread waits, not the scrape
+        raise OSError("frozen")
+
+    cache = metrics.QueueCache(queues=lambda: ["login-queue"], read=hanging, every=0.05)
+    registry = CollectorRegistry()
+    registry.register(metrics.QueueCollector(metrics.PipelineCollector(lambda: "postgresql://nowhere"), cache))
+    started = time.monotonic()
+    text = generate_latest(registry).decode()
+    assert time.monotonic() - started < metrics.FIRST_WAIT + 1
+    assert "login_pipeline_sqs_up 0.0" in text and "login_pipeline_queue_cache_age_seconds -1.0" in text
+    cache.depths = metrics.Depths({"login-queue": {"visible": 3, "in_flight": 1}}, time.monotonic())
+    cache.failed, cache.round_started = False, None  # a round answered
+    text = generate_latest(registry).decode()
+    assert "login_pipeline_sqs_up 1.0" in text
+    assert 'login_pipeline_queue_messages{queue="login-queue",state="visible"} 3.0' in text
+    cache.round_started = time.monotonic() - metrics.HUNG_SECONDS - 1  # a call that hangs
+    text = generate_latest(registry).decode()
+    assert "login_pipeline_sqs_up 0.0" in text and "login_pipeline_queue_messages{" not in text
+    cache.round_started = None
+    cache.depths = metrics.Depths(cache.depths.queues, time.monotonic() - metrics.STALE_SECONDS - 1)
+    text = generate_latest(registry).decode()
+    assert "login_pipeline_sqs_up 0.0" in text and "login_pipeline_queue_messages{" not in text
+    cache.stop()
+    release.set()
+
+
+def test_status_names_the_ledgers_dead_letters_and_the_queues_apart() -> None:
+    from tasks.ops import status
+
+    report = {
+        "queues": {"login-queue-dlq": {"visible": 417, "in_flight": 0}},
+        "database": {"rows": 5, "dead_letters": 37, "duplicates": 0, "batches": 3},
+    }
+    line = status.dead_letters_line(report)
+    assert line.startswith("dead letters: 37 recorded in the ledger (ever); 417 in login-queue-dlq now")
+    assert "more than recorded" in line
+    report["queues"]["login-queue-dlq"] = {"unreachable": "SQS, as above"}
+    assert "unreachable" not in status.dead_letters_line(report)  # its own line says so, once

@@ -2,13 +2,16 @@
 DeadLetter with a reason, whatever a hostile producer sends."""
 
 import json
+import sys
+import time
+import unicodedata
 from datetime import date
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.dev.seed import sample_bodies
+from devkit.seed import sample_bodies
 from tasks.pipeline.keys import parse_key_ring
 from tasks.pipeline.masking import Masker
 from tasks.pipeline.records import DeadLetter, LoginEvent, SourceMessage, parse_event
@@ -97,8 +100,77 @@ def test_text_is_nfc_so_composed_and_decomposed_forms_are_one_user() -> None:
     assert composed.user_id == decomposed.user_id == "jos\u00e9"
 
 
-def test_a_masked_field_may_carry_a_control_character_it_is_only_a_token() -> None:
-    assert parse_event(message('{"user_id": "u", "device_id": "d\\u202e1"}')).device_id == "d\u202e1"
+CONTROL_REASON = "contains a control or bidirectional formatting character"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("device_id", "dev-1\nINFO committed 500 rows"),  # a forged line
+        ("ip", "10.0.0.1\x1b]52;c;cm0gLXJmIH4=\x07"),  # OSC 52: writes the clipboard
+        ("ip", "10.0.0.1\x9b2J"),  # C1 CSI: clears the screen
+        ("device_id", "d\x7f1"),
+        ("device_id", "d\u202e1"),
+    ],
+)
+def test_a_masked_field_refuses_control_characters_as_the_others_do(field: str, value: str) -> None:
+    """unmask shows a masked field's value to an operator: it may not carry a terminal's controls."""
+    events, dead = parse_batch([message(json.dumps({"user_id": "u", field: value}))])
+    assert events == [] and [d.reason for d in dead] == [f"{field} {CONTROL_REASON}"]
+
+
+def worst_normalisation_case(marks: int) -> str:
+    """Combining marks in blocks of descending canonical combining class: CPython's
+    canonical reordering (an insertion sort) moves each one across the whole run."""
+    block = "\u0345\u035d\u035c\u0315\u0300\u0316\u0321\u0334"  # classes 240, 234, 233, 232, 230, 220, 202, 1
+    return "u" + (block * (marks // len(block) + 1))[:marks]
+
+
+@pytest.mark.parametrize("field", ["user_id", "device_type", "ip", "device_id", "locale", "app_version"])
+def test_the_worst_normalisation_case_costs_a_fixed_cpu_budget_per_event(field: str) -> None:
+    """90,000 marks took 24.6 s of CPU when NFC ran before the length check. Measured as
+    this process's CPU time, printed; the bound is generous (about 1,000 times the cost)."""
+    body = json.dumps({"user_id": "u", field: worst_normalisation_case(90_000)}, ensure_ascii=False)
+    started = time.process_time()
+    events, dead = parse_batch([message(body)])
+    cpu = time.process_time() - started
+    print(f"{field}: 90,000 combining marks, {len(body.encode()):,} bytes: {cpu * 1000:.2f} ms of CPU")
+    assert events == [] and len(dead) == 1 and dead[0].reason.startswith(f"{field} is longer than")
+    assert cpu < 0.5
+
+
+def test_the_longest_text_normalised_stays_cheap_and_is_refused_by_its_limit() -> None:
+    """The worst case that passes the check before NFC: NFC_SHRINK times the limit."""
+    from tasks.pipeline.records import NFC_SHRINK, TEXT_LIMITS
+
+    limit = NFC_SHRINK * TEXT_LIMITS["user_id"]
+    started = time.process_time()
+    _, dead = parse_batch([message(json.dumps({"user_id": worst_normalisation_case(limit - 1)}))])
+    cpu = time.process_time() - started
+    print(f"user_id of {limit} code points, normalised: {cpu * 1000:.2f} ms of CPU")
+    assert [d.reason for d in dead] == ["user_id is longer than 128 characters"] and cpu < 0.5
+
+
+def test_nfc_composes_at_most_nfc_shrink_code_points_or_bytes_into_one() -> None:
+    """So text longer than NFC_SHRINK times a limit, before NFC, is longer than it after."""
+    from tasks.pipeline.records import NFC_SHRINK
+
+    for code in range(sys.maxunicode + 1):
+        decomposed = unicodedata.normalize("NFD", chr(code))
+        assert len(decomposed) <= NFC_SHRINK, hex(code)
+        composed = unicodedata.normalize("NFC", decomposed)
+        assert len(decomposed.encode("utf-8", "surrogatepass")) <= NFC_SHRINK * len(
+            composed.encode("utf-8", "surrogatepass")
+        ), hex(code)
+
+
+@given(st.text(st.sampled_from("aeoA\u1100\u1161\u11a8\u03b1\u0313\u0300\u0345\u0301\u0308\u212b\u0340"), max_size=40))
+def test_nfc_never_shrinks_text_below_a_quarter(text: str) -> None:
+    from tasks.pipeline.records import NFC_SHRINK
+
+    composed = unicodedata.normalize("NFC", text)
+    assert len(text) <= NFC_SHRINK * len(composed)
+    assert len(text.encode()) <= NFC_SHRINK * len(composed.encode())
 
 
 def test_unambiguous_numbers_are_their_decimal_text() -> None:
@@ -163,16 +235,13 @@ def test_any_json_object_is_an_event_or_a_dead_letter(record: dict) -> None:
 
 @pytest.mark.parametrize("ip", ["\u0663.1.1.1", "198.51.100.7\u00b2", "not-an-address"])
 def test_an_ip_that_is_no_address_is_a_row_masked_as_given_and_counted_not_a_dead_letter(ip: str) -> None:
-    """The one rule README, docs/privacy.md and docs/decisions.md state."""
+    """The one rule docs/design.md, docs/privacy.md and docs/decisions.md state."""
     ready, dead = parse_batch([message(json.dumps({"user_id": "u", "ip": ip}))])
     assert dead == [] and [p.ip_is_address for p in ready] == [False]
     assert ready[0].row.masked_ip.startswith("h1:")
 
 
 def test_the_control_pattern_is_exactly_unicodes_control_characters_and_the_bidi_controls() -> None:
-    import sys
-    import unicodedata
-
     from tasks.pipeline.records import BIDI_CONTROLS, CONTROL_OR_BIDI
 
     for code in range(sys.maxunicode + 1):
