@@ -7,8 +7,8 @@ of Celery's own settings, `app.config_from_object("celeryconfig")`). Upper-case 
 the pipeline's settings, lower-case names Celery's. Defaults fit the embedded stack
 (`python -m tasks dev stack up`): LocalStack on localhost:4566 and the PostgreSQL server the
 stack started; point the same variables at real AWS and a managed PostgreSQL for
-production. README's configuration table is made from these declarations
-(tasks/ops/readme.py, `make docs`) and a test holds the two equal; `python -m tasks
+production. The configuration table of docs/configuration.md is made from these declarations
+(dev/devkit/docs.py, `make docs`) and a test holds the two equal; `python -m tasks
 config` prints the values in effect (tasks/ops/settings_report.py).
 
 A value outside its range stops every start that imports this module (a `python -m tasks`
@@ -19,12 +19,16 @@ on stderr that names the variable and what it accepts, and exit status 2
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import annotated_types
+import psycopg2
+import psycopg2.extensions
 from kombu import Exchange, Queue
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -38,6 +42,11 @@ FETCH_SETTLE_SECONDS = 5  # a fetch's last deletes, after its last hand-off
 def soft_time_limit(task_visibility_timeout: int) -> int:
     """Celery's soft time limit of a task, in seconds: 0.6 of its visibility timeout."""
     return int(task_visibility_timeout * 0.6)
+
+
+def hard_time_limit(task_visibility_timeout: int) -> int:
+    """Celery's hard time limit of a task, in seconds: 0.8 of its visibility timeout."""
+    return int(task_visibility_timeout * 0.8)
 
 
 # --- Types: what a variable accepts ------------------------------------------------------
@@ -54,16 +63,60 @@ def _boolean(value: object) -> object:
     raise ValueError("not a boolean word")
 
 
-def _url(schemes: tuple[str, ...], *, host: bool) -> Any:
-    """A URL of one of `schemes` (with a host, if `host`), or empty."""
+class Explained(ValueError):
+    """A refusal whose words the configuration line shows: they never quote the value."""
 
-    def check(value: SecretStr | str) -> SecretStr | str:
-        text = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if text and (urlsplit(text).scheme not in schemes or (host and not urlsplit(text).hostname)):
-            raise ValueError("not a URL of the accepted schemes")
-        return value
 
-    return AfterValidator(check)
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host and no user or password (AWS credentials have settings
+    of their own, and botocore sends none from a URL), or empty."""
+    if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+        raise ValueError("not an http(s) URL")
+    if "@" in value:
+        raise Explained(
+            "a user or password in the URL: give credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    return value
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+LIBPQ_SECRETS = frozenset({"password", "sslpassword"})  # libpq's parameters that hold a secret
+
+
+def libpq_reading(url: str) -> dict[str, str]:
+    """The connection parameters libpq reads in a PostgreSQL URL: psycopg2's parse_dsn is
+    libpq's own PQconninfoParse, the one parser every use of the URL goes through.
+
+    Explained when libpq cannot read it (a bad percent-encoding), or reads it otherwise
+    than the URL means: libpq ends the user and password at the first `@` (URL parsers at
+    the last) and the whole authority at the first `/`, so an `@` or `/` of a password
+    not percent-encoded leaves a host holding `@` or a port that is no number, and the
+    password in an error message about that host or port."""
+    try:
+        reading = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:  # its message quotes the URL: never shown
+        raise Explained("libpq cannot read it: percent-encode % @ / : in the user and password") from None
+    hosts = [host for host in reading.get("host", "").split(",") if not host.startswith("/")]
+    if any(set(host) & set("@/?# ") for host in hosts):
+        raise Explained("libpq reads a host holding @: percent-encode @ in the user and password as %40")
+    if not all(port.isdigit() for port in reading.get("port", "").split(",") if port):
+        raise Explained("libpq reads a port that is no number: percent-encode / in the user and password as %2F")
+    return reading
+
+
+def _database_url(value: SecretStr) -> SecretStr:
+    """A `postgresql://` URL that libpq reads as it means, or empty."""
+    text = value.get_secret_value()
+    if text:
+        if not text.startswith(POSTGRES_SCHEMES):
+            raise ValueError("not a postgresql:// URL")
+        libpq_reading(text)
+    return value
+
+
+def hidden_userinfo(text: str) -> str:
+    """Text with the user and password of any URL in it replaced by stars."""
+    return re.sub(r"://.*@", "://***@", text, flags=re.DOTALL)
 
 
 def _user_password(value: SecretStr) -> SecretStr:
@@ -79,15 +132,15 @@ def _user_password(value: SecretStr) -> SecretStr:
 Flag = Annotated[bool, BeforeValidator(_boolean)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")]
-HttpUrl = Annotated[str, _url(("http", "https"), host=True)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 # libpq takes a socket folder in the query instead of a host (postgresql:///db?host=/run/postgresql).
-DatabaseUrl = Annotated[SecretStr, _url(("postgresql", "postgres"), host=False)]
+DatabaseUrl = Annotated[SecretStr, AfterValidator(_database_url)]
 UserPassword = Annotated[SecretStr, AfterValidator(_user_password)]
 
 
 def _setting(default: Any, meaning: str, *, shown: str | None = None, accepts: str | None = None, **range_: Any) -> Any:
     """A setting's declaration: its default (a value, or a function of the settings declared
-    before it), what README shows as the default, what it accepts (else said from its type
+    before it), what docs/configuration.md shows as the default, what it accepts (else said from its type
     and range), and its meaning."""
     extra: Any = {"shown": shown, "accepts": accepts}
     if callable(default):
@@ -101,11 +154,11 @@ def _before(data: dict[str, Any], name: str) -> Any:
     return data[name]
 
 
-_CREDENTIAL = "`test` with an endpoint, else the usual chain"
+_CREDENTIAL = "boto3's chain; `test` with an endpoint where it finds none"
 
 
 class Settings(BaseSettings):
-    """The pipeline's environment variables, in README's order."""
+    """The pipeline's environment variables, in docs/configuration.md's order."""
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
@@ -125,18 +178,22 @@ class Settings(BaseSettings):
         lambda data: f"http://localhost:{_before(data, 'LOCALSTACK_PORT')}",
         "SQS/SNS endpoint; empty for real AWS (boto3's own endpoint resolution and credential chain)",
         shown="`http://localhost:LOCALSTACK_PORT`",
-        accepts="an http(s) URL, or empty",
+        accepts="an http(s) URL (no user or password), or empty",
     )
     AWS_ACCESS_KEY_ID: str = _setting(
-        lambda data: "test" if _before(data, "SQS_ENDPOINT_URL") else "",
-        "credentials",
+        "",
+        "credentials; set, they win over the rest of boto3's chain, for every client"
+        " (docs/configuration.md, Credentials)",
         shown=_CREDENTIAL,
         accepts="text",
     )
     AWS_SECRET_ACCESS_KEY: SecretStr = _setting(
-        lambda data: SecretStr("test" if _before(data, "SQS_ENDPOINT_URL") else ""),
-        "credentials",
-        shown=_CREDENTIAL,
+        SecretStr(""), "credentials, with `AWS_ACCESS_KEY_ID`", shown=_CREDENTIAL, accepts="text (a secret)"
+    )
+    AWS_SESSION_TOKEN: SecretStr = _setting(
+        SecretStr(""),
+        "the session token of temporary credentials, with `AWS_ACCESS_KEY_ID`; carried by every client",
+        shown="—",
         accepts="text (a secret)",
     )
     SOURCE_QUEUE: QueueName = _setting("login-queue", "the source queue", accepts="an SQS queue name")
@@ -194,14 +251,23 @@ class Settings(BaseSettings):
     SOURCE_VISIBILITY_TIMEOUT: int = _setting(
         60,
         "seconds a received source message stays hidden until its batch is handed off",
-        accepts="an integer from 1 to 43,200, above `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`",
+        accepts="an integer from 1 to 43,200, above `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`"
+        f" + {FETCH_SETTLE_SECONDS}",
         ge=1,
         le=43_200,
     )
 
     # --- Mask and insert ----------------------------------------------------------------
-    BATCH_MAX_RETRIES: int = _setting(8, "retries of a batch's transient failures", ge=0, le=100)
-    RETRY_BACKOFF_MAX: int = _setting(60, "cap of one backoff step, seconds", ge=1, le=3600)
+    # 20 steps capped at RETRY_BACKOFF_MAX (15 s) span at least 134 s, as 8 capped at 60 s spanned 121 s.
+    BATCH_MAX_RETRIES: int = _setting(20, "retries of a batch's transient failures", ge=0, le=100)
+    RETRY_BACKOFF_MAX: int = _setting(
+        15,
+        "cap of one backoff step, seconds",
+        accepts="an integer from 1 to 3,600 that, with the hard time limit, fits in `TASK_VISIBILITY_TIMEOUT`"
+        " (at most 0.2 of it)",
+        ge=1,
+        le=3600,
+    )
 
     # --- Masking ------------------------------------------------------------------------
     MASKING_MODE: Literal["hmac", "siv"] = _setting("hmac", "`hmac` (one-way) or `siv` (recoverable with the key)")
@@ -216,6 +282,20 @@ class Settings(BaseSettings):
         "a file of such lines (a secret)",
         shown="`STACK_DIR/masking.keys`",
         accepts="a file",
+    )
+
+    # --- Retention -----------------------------------------------------------------------
+    RETENTION_DAYS: int = _setting(
+        0,
+        "days a row of user_logins is kept, by its create_date; 0: kept forever (docs/privacy.md)",
+        ge=0,
+        le=36_500,
+    )
+    RETENTION_INTERVAL: float = _setting(
+        600.0, "seconds between beat-scheduled retention runs (when `RETENTION_DAYS` is set)", gt=0, le=86_400
+    )
+    RETENTION_BATCH_ROWS: int = _setting(
+        1000, "rows a retention run deletes per transaction (each a short one)", ge=1, le=100_000
     )
 
     # --- PostgreSQL ----------------------------------------------------------------------
@@ -275,9 +355,16 @@ class Settings(BaseSettings):
     METRICS_PORT: Port = _setting(9808, "`python -m tasks metrics`'s port")
     METRICS_BASIC_AUTH: UserPassword = _setting(
         SecretStr(""),
-        "`user:password` for `python -m tasks metrics`",
+        "`user:password` (comma-separated for several) for `python -m tasks metrics`;"
+        " beyond the loopback a password needs 12 or more characters",
         shown="`FLOWER_BASIC_AUTH`",
         accepts="`user:password` entries (a secret), or empty",
+    )
+    METRICS_IDLE_SECONDS: float = _setting(
+        10.0,
+        "`python -m tasks metrics` closes a connection idle, or still sending its request, this long",
+        gt=0,
+        le=3600,
     )
 
     # --- Celery ----------------------------------------------------------------------------
@@ -292,7 +379,7 @@ class Settings(BaseSettings):
         "seconds a batch task stays hidden, longer than any batch (retries are new messages);"
         " the hard time limit is 0.8 of it, the soft 0.6",
         accepts=f"an integer from 10 to 43,200 whose 0.6 leaves a fetch {FETCH_SETTLE_SECONDS} s beyond"
-        " `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`",
+        " `FETCH_MAX_SECONDS` + `FETCH_WAIT_SECONDS`, and whose 0.2 holds `RETRY_BACKOFF_MAX`",
         ge=10,
         le=43_200,
     )
@@ -314,6 +401,15 @@ class Settings(BaseSettings):
     # Chosen by measurement (docs/performance.md): two overlapping fetches and batch tasks.
     WORKER_CONCURRENCY: int = _setting(4, "worker processes", ge=1, le=256)
     WORKER_MAX_MEMORY_KB: int = _setting(400_000, "a pool process above this is replaced after its task", ge=50_000)
+    # A quarter of what a pool process may reach: a fetch's bodies, with Python's own copies
+    # of a response while it is read, stay below it (docs/performance.md, "Large messages").
+    FETCH_MAX_BYTES: int = _setting(
+        lambda data: _before(data, "WORKER_MAX_MEMORY_KB") * 1024 // 4,
+        "bytes of received messages one fetch holds at once, each message asked for and not yet"
+        " received counted at SQS's 1 MiB (tasks/pipeline/batching.py)",
+        shown="a quarter of `WORKER_MAX_MEMORY_KB`",
+        ge=2 * 1_048_576,
+    )
     STATEMENT_TIMEOUT_MS: int = _setting(
         lambda data: soft_time_limit(_before(data, "TASK_VISIBILITY_TIMEOUT")) * 750,
         "a batch's SQL statement is cancelled after this, and the batch retried",
@@ -329,37 +425,60 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _a_fetch_fits_its_limits(self) -> Settings:
-        """A fetch receives until FETCH_MAX_SECONDS, plus its last long poll, and hands off
-        what it holds by then at the latest (most batches leave after BATCH_MAX_WAIT_MS).
-        Its messages must stay hidden that long, or another fetch receives them again; and
-        the task must end, its deletes settled, within its soft time limit, or it can be
-        stopped between handing a batch off and deleting its messages. Either way each
-        event is written twice over (the second time a duplicate)."""
-        span = self.FETCH_MAX_SECONDS + self.FETCH_WAIT_SECONDS
-        soft_limit = soft_time_limit(self.TASK_VISIBILITY_TIMEOUT)
-        if span >= self.SOURCE_VISIBILITY_TIMEOUT:
-            raise ValueError(
-                f"SOURCE_VISIBILITY_TIMEOUT={self.SOURCE_VISIBILITY_TIMEOUT} must be above FETCH_MAX_SECONDS"
-                f" + FETCH_WAIT_SECONDS ({span:g} s): a fetch holds its messages that long before handing them off"
-            )
-        if span + FETCH_SETTLE_SECONDS > soft_limit:
-            raise ValueError(
-                f"TASK_VISIBILITY_TIMEOUT={self.TASK_VISIBILITY_TIMEOUT} gives tasks a soft time limit"
-                f" of {soft_limit} s, which must leave a fetch FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS ({span:g} s) and"
-                f" {FETCH_SETTLE_SECONDS} s to settle its deletes: raise it or shorten the fetch"
-            )
+    def _no_message_outlives_its_visibility(self) -> Settings:
+        """Every message a process holds must be done with before SQS would hand it to
+        another, else it is delivered (and worked) twice. A fetch receives until
+        FETCH_MAX_SECONDS, plus its last long poll, hands off what it holds by then at the
+        latest (BATCH_MAX_WAIT_MS hands most batches off sooner, never later) and settles
+        its deletes within FETCH_SETTLE_SECONDS: its source messages must stay hidden that
+        long, and the fetch task must end within its soft time limit. A retried batch is a
+        new message that the worker holds until its countdown (up to RETRY_BACKOFF_MAX) and
+        then runs up to the hard time limit: both within TASK_VISIBILITY_TIMEOUT."""
+        problem = next((line for line in self._outlived() if line), None)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def _outlived(self) -> Iterator[str | None]:
+        """One line for each pair of time settings that lets a message outlive its visibility."""
+        span = self.FETCH_MAX_SECONDS + self.FETCH_WAIT_SECONDS
+        held = span + FETCH_SETTLE_SECONDS
+        soft_limit = soft_time_limit(self.TASK_VISIBILITY_TIMEOUT)
+        hard_limit = hard_time_limit(self.TASK_VISIBILITY_TIMEOUT)
+        yield (
+            f"SOURCE_VISIBILITY_TIMEOUT={self.SOURCE_VISIBILITY_TIMEOUT} must be above FETCH_MAX_SECONDS"
+            f" + FETCH_WAIT_SECONDS + {FETCH_SETTLE_SECONDS} s ({held:g} s): a fetch holds its messages that long"
+            " before their deletes settle; raise it or shorten the fetch"
+            if held >= self.SOURCE_VISIBILITY_TIMEOUT
+            else None
+        )
+        yield (
+            f"TASK_VISIBILITY_TIMEOUT={self.TASK_VISIBILITY_TIMEOUT} gives tasks a soft time limit"
+            f" of {soft_limit} s, which must leave a fetch FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS ({span:g} s) and"
+            f" {FETCH_SETTLE_SECONDS} s to settle its deletes: raise it or shorten the fetch"
+            if held > soft_limit
+            else None
+        )
+        yield (
+            f"RETRY_BACKOFF_MAX={self.RETRY_BACKOFF_MAX} with TASK_VISIBILITY_TIMEOUT={self.TASK_VISIBILITY_TIMEOUT}:"
+            f" a retried batch is held up to {self.RETRY_BACKOFF_MAX} s before it runs and then up to its hard time"
+            f" limit ({hard_limit} s), beyond its {self.TASK_VISIBILITY_TIMEOUT} s of visibility, and SQS would"
+            f" deliver it again: lower RETRY_BACKOFF_MAX to {self.TASK_VISIBILITY_TIMEOUT - hard_limit}"
+            " or raise TASK_VISIBILITY_TIMEOUT"
+            if self.RETRY_BACKOFF_MAX + hard_limit > self.TASK_VISIBILITY_TIMEOUT
+            else None
+        )
 
 
 def _sqs_broker_url(data: dict[str, Any]) -> str:
-    """`sqs://` with the endpoint's host and the credentials (empty: kombu's own chain)."""
+    """`sqs://` with the endpoint's host and port, and no credentials: the transport takes
+    them by the pipeline's one rule (tasks/broker/aws.py), session token and rotation
+    included, which keys in the URL would override."""
     endpoint = _before(data, "SQS_ENDPOINT_URL")
     if not endpoint:
         return "sqs://"
-    secret = _before(data, "AWS_SECRET_ACCESS_KEY").get_secret_value()
-    user = f"{quote(_before(data, 'AWS_ACCESS_KEY_ID'), safe='')}:{quote(secret, safe='')}"
-    return f"sqs://{user}@{urlsplit(endpoint).netloc}"
+    parts = urlsplit(endpoint)
+    return f"sqs://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 # --- What a setting accepts, and the one line a bad value gets ----------------------------
@@ -418,8 +537,10 @@ def problem_line(error: ValidationError) -> str:
         if item["type"] == "default_factory_not_called":
             continue  # a default computed from a setting that failed: that one is named
         name = str(item["loc"][0])
-        value = "" if is_secret(name) else f"={str(item['input'])[:60]!r}"
-        problems.append(f"{name}{value} is not valid: it accepts {accepts(name).replace('`', '')}")
+        value = "" if is_secret(name) else f"={hidden_userinfo(str(item['input']))[:60]!r}"
+        cause = item.get("ctx", {}).get("error")
+        why = f" ({cause})" if isinstance(cause, Explained) else ""
+        problems.append(f"{name}{value} is not valid{why}: it accepts {accepts(name).replace('`', '')}")
     return "configuration: " + "; ".join(problems or [str(error).splitlines()[0]])
 
 
@@ -460,6 +581,7 @@ FETCH_WAIT_SECONDS = _settings.FETCH_WAIT_SECONDS
 BATCH_MAX_WAIT_MS = _settings.BATCH_MAX_WAIT_MS
 SQS_LEAN_CALLS = _settings.SQS_LEAN_CALLS
 SOURCE_VISIBILITY_TIMEOUT = _settings.SOURCE_VISIBILITY_TIMEOUT
+FETCH_MAX_BYTES = _settings.FETCH_MAX_BYTES
 
 BATCH_MAX_RETRIES = _settings.BATCH_MAX_RETRIES
 RETRY_BACKOFF_MAX = _settings.RETRY_BACKOFF_MAX
@@ -467,6 +589,10 @@ RETRY_BACKOFF_MAX = _settings.RETRY_BACKOFF_MAX
 MASKING_MODE = _settings.MASKING_MODE
 MASKING_KEYS = _settings.MASKING_KEYS.get_secret_value()
 MASKING_KEYS_FILE = str(_settings.MASKING_KEYS_FILE)
+
+RETENTION_DAYS = _settings.RETENTION_DAYS
+RETENTION_INTERVAL = _settings.RETENTION_INTERVAL
+RETENTION_BATCH_ROWS = _settings.RETENTION_BATCH_ROWS
 
 DATABASE_URL = _settings.DATABASE_URL.get_secret_value()
 DATABASE_URL_FILE = STACK_DIR / "database.url"
@@ -483,6 +609,7 @@ METRICS_DATABASE_URL = _settings.METRICS_DATABASE_URL.get_secret_value()
 METRICS_ADDRESS = _settings.METRICS_ADDRESS
 METRICS_PORT = _settings.METRICS_PORT
 METRICS_BASIC_AUTH = _settings.METRICS_BASIC_AUTH.get_secret_value()
+METRICS_IDLE_SECONDS = _settings.METRICS_IDLE_SECONDS
 
 
 def in_effect() -> Settings:
@@ -503,9 +630,10 @@ def database_url() -> str:
     raise NoDatabase("DATABASE_URL is not set and the embedded stack is not up")
 
 
-def metrics_basic_auth() -> str:
-    """The metrics server's `user:password`: METRICS_BASIC_AUTH, else Flower's."""
-    return METRICS_BASIC_AUTH or FLOWER_BASIC_AUTH
+def metrics_basic_auth() -> list[str]:
+    """The metrics server's `user:password` entries: METRICS_BASIC_AUTH's, else Flower's."""
+    text = METRICS_BASIC_AUTH or FLOWER_BASIC_AUTH
+    return text.split(",") if text else []
 
 
 def metrics_database_url() -> str:
@@ -531,6 +659,8 @@ broker_transport_options = {
     "wait_time_seconds": BROKER_WAIT_SECONDS,
     "polling_interval": _settings.BROKER_POLLING_INTERVAL,
     "supports_fanout": True,
+    # kombu builds the endpoint from the broker URL's host: https when the endpoint is.
+    **({"is_secure": True} if SQS_ENDPOINT_URL.startswith("https://") else {}),
     # Bounded calls: botocore's defaults (60 s, several retries) could hold a warm
     # shutdown for minutes while SQS is unreachable.
     "client-config": {
@@ -574,7 +704,7 @@ worker_hijack_root_logger = False
 # statements time out first (a lock, a slow disk), and the batch is retried. A warm
 # shutdown therefore ends within task_time_limit + 10 s (82 s with the defaults), below
 # the 90 s that compose and Kubernetes give a worker to stop.
-task_time_limit = int(TASK_VISIBILITY_TIMEOUT * 0.8)
+task_time_limit = hard_time_limit(TASK_VISIBILITY_TIMEOUT)
 task_soft_time_limit = soft_time_limit(TASK_VISIBILITY_TIMEOUT)
 STATEMENT_TIMEOUT_MS = _settings.STATEMENT_TIMEOUT_MS
 
@@ -607,6 +737,13 @@ beat_schedule = {
     }
     for n in range(FETCHES_PER_TICK)
 }
+# Rows past RETENTION_DAYS are deleted in short batches (tasks/retention.py).
+if RETENTION_DAYS:
+    beat_schedule["expire-old-logins"] = {
+        "task": "tasks.expire_old_logins",
+        "schedule": RETENTION_INTERVAL,
+        "options": {"expires": RETENTION_INTERVAL},
+    }
 beat_schedule_filename = str(STACK_DIR / "celerybeat-schedule")
 # Celery's persistent scheduler, touching BEAT_HEALTH_FILE on every tick (tasks/ops/health.py).
 beat_scheduler = "tasks.ops.health:HeartbeatScheduler"

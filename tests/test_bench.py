@@ -35,3 +35,17 @@ def test_bench_at_a_steady_rate_reports_freshness_from_outside_and_from_the_hist
     assert figures["events"] == 200 and figures["rate"] == 40
     assert set(figures["outside"]) == set(figures["histogram"]) == {"p50", "p90", "p99", "max"}
     assert figures["histogram"]["p50"] > 0 and figures["outside"]["p50"] > 0
+
+
+def test_bench_through_a_latency_proxy_reports_each_cell_beside_the_model(clean, tmp_path) -> None:
+    """One cell (10 ms each way, 2 pool processes), tiny: the worker goes through the
+    proxies to SQS and PostgreSQL, and every figure of docs/performance.md's table is there."""
+    args = ("--latency-ms", "10", "--processes", "2", "--events", "300", "--seconds", "2")
+    result = python_m_tasks("dev", "bench", *args, "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [cell] = json.loads((tmp_path / "network.json").read_text())
+    assert (cell["latency_ms"], cell["processes"]) == (10, 2)
+    assert cell["throughput"]["pipeline_per_s"] > 0 and cell["freshness"]["outside"]["p50"] > 0.04  # 2 round trips
+    assert all(cell["carried"][to]["up"] > 0 and cell["carried"][to]["down"] > 0 for to in ("sqs", "postgresql"))
+    assert cell["predicted"]["per_s"] > 0 and cell["predicted"]["calls_per_1000"] > 200
+    assert "| 10 ms | 2 |" in (tmp_path / "network.md").read_text()

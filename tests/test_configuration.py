@@ -92,10 +92,10 @@ def test_config_prints_the_values_in_effect_marked_by_source_with_secrets_hidden
     )
     assert (result.returncode, result.stderr) == (0, "")
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
-    assert list(rows) == list(celeryconfig.Settings.model_fields), "every setting, in README's order"
+    assert list(rows) == list(celeryconfig.Settings.model_fields), "every setting, in the declared order"
     assert rows["LOCALSTACK_PORT"] == ["4630", "environment"]
     assert rows["SQS_ENDPOINT_URL"] == ["http://localhost:4630", "default"], "a default made from a value in effect"
-    assert rows["CELERY_BROKER_URL"] == ["sqs://test:***@localhost:4630", "default"]
+    assert rows["CELERY_BROKER_URL"] == ["sqs://localhost:4630", "default"]  # no keys: the transport's rule
     assert rows["DEAD_LETTER_KEEP_BODY"] == ["false", "environment"]
     assert rows["BATCH_SIZE"] == ["500", "default"]
     assert rows["MASKING_KEYS"] == ["(hidden)", "environment"]
@@ -111,6 +111,97 @@ def test_a_fetch_longer_than_its_messages_stay_hidden_stops_the_worker_with_one_
     result = start(ENTRY_POINTS["celery worker --help"], FETCH_INTERVAL="40")
     assert (result.returncode, result.stdout) == (2, ""), result.stderr[-2000:]
     assert result.stderr.splitlines() == [
-        "configuration: SOURCE_VISIBILITY_TIMEOUT=60 must be above FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS (61 s):"
-        " a fetch holds its messages that long before handing them off"
+        "configuration: SOURCE_VISIBILITY_TIMEOUT=60 must be above FETCH_MAX_SECONDS + FETCH_WAIT_SECONDS + 5 s"
+        " (66 s): a fetch holds its messages that long before their deletes settle; raise it or shorten the fetch"
     ]
+
+
+def test_a_retry_that_would_outlive_its_visibility_stops_a_real_worker_with_one_line() -> None:
+    """A worker started for real (not --help) with a retry backoff that, held and then run
+    to the hard time limit, outlasts the batch's visibility: SQS would deliver it again.
+    It stops before it touches SQS or PostgreSQL, with one line and exit 2."""
+    worker = ["-m", "celery", "-A", "tasks", "worker", "--pool=solo", "--without-mingle", "--without-gossip"]
+    result = start(worker, RETRY_BACKOFF_MAX="60", TASK_VISIBILITY_TIMEOUT="90")
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        "configuration: RETRY_BACKOFF_MAX=60 with TASK_VISIBILITY_TIMEOUT=90: a retried batch is held up to 60 s"
+        " before it runs and then up to its hard time limit (72 s), beyond its 90 s of visibility, and SQS would"
+        " deliver it again: lower RETRY_BACKOFF_MAX to 18 or raise TASK_VISIBILITY_TIMEOUT"
+    ]
+
+
+# URLs that libpq reads otherwise than they mean: it ends the password at the first `@`
+# (URL parsers at the last) and the authority at the first `/`, and cannot read `%zz`.
+# Each once passed the check, then showed its password in an error, a log or `--debug`.
+LEAKY_URLS = [
+    ("DATABASE_URL", "postgresql://u:Hunter2@Secret@127.0.0.1:5/x", "libpq reads a host holding @"),
+    ("DATABASE_URL", "postgresql://u:Hunter2/Secret@127.0.0.1:5/x", "libpq reads a port that is no number"),
+    ("METRICS_DATABASE_URL", "postgresql://prom:Pa%zzSecret@127.0.0.1:5/x", "libpq cannot read it"),
+    ("SQS_ENDPOINT_URL", "http://AKIAEXAMPLE:Hunter2Secret@localhost:4566", "a user or password in the URL"),
+]
+COMMANDS = {
+    "status": ["-m", "tasks", "status"],
+    "--debug redrive --dry-run": ["-m", "tasks", "--debug", "redrive", "--dry-run"],
+    "config": ["-m", "tasks", "config"],
+    "metrics": ["-m", "tasks", "metrics", "--port", "1"],  # refused before it binds
+    "flower": ["-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py", "--port=1"],
+}
+SECRET_TEXT = ("Hunter2", "Secret", "AKIAEXAMPLE")
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=list(COMMANDS))
+@pytest.mark.parametrize(("name", "url", "why"), LEAKY_URLS, ids=[f"{n}-{w.split()[-1]}" for n, _, w in LEAKY_URLS])
+def test_a_url_libpq_reads_otherwise_is_refused_at_start_without_its_password(
+    command: list[str], name: str, url: str, why: str
+) -> None:
+    result = start(command, **{name: url, "LOG_LEVEL": "DEBUG"})
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-2000:]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"configuration: {name}") and f"is not valid ({why}" in line, line
+    assert not any(secret in line for secret in SECRET_TEXT), line
+
+
+def test_config_hides_libpqs_sslpassword_and_the_password_wherever_libpq_reads_it() -> None:
+    result = start(
+        ["-m", "tasks", "config"],
+        DATABASE_URL="postgresql://worker@db:5432/logins?sslmode=require&sslpassword=Hunter2Secret",
+        METRICS_DATABASE_URL="postgresql://prom:Hunter2?Secret@db/logins",  # libpq: the password is Hunter2?Secret
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+    assert rows["DATABASE_URL"] == "postgresql://worker@db:5432/logins?sslmode=require&sslpassword=***"
+    assert rows["METRICS_DATABASE_URL"] == "postgresql://prom:***@db/logins"
+    assert not any(secret in result.stdout for secret in SECRET_TEXT)
+
+
+def test_the_metrics_exporter_logs_no_password_when_its_database_refuses() -> None:
+    """A URL libpq reads as meant, to a server that is not there: every scrape logs
+    the failure, never the password."""
+    import urllib.request
+
+    from tests.helpers import free_port, kill_group, spawn, wait_until
+
+    port, log = free_port(), celeryconfig.STACK_DIR / f"metrics-secret-{os.getpid()}.log"
+    environment = {
+        "METRICS_DATABASE_URL": f"postgresql://prom:Hunter2Secret@127.0.0.1:{free_port()}/x?sslpassword=Hunter2Secret",
+        "SQS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "LOG_LEVEL": "DEBUG",
+    }
+    process = spawn([sys.executable, "-m", "tasks", "metrics", "--port", str(port)], log, env=environment)
+    try:
+
+        def scraped() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+                    return answer.read().decode()
+            except OSError:
+                return None
+
+        for _ in range(2):
+            assert "login_pipeline_database_up 0.0" in wait_until(scraped, timeout=60, what="a scrape")
+        text = log.read_text(errors="replace")
+        print(text)
+        assert "ledger read failed" in text and not any(secret in text for secret in SECRET_TEXT)
+    finally:
+        kill_group(process)
+        log.unlink(missing_ok=True)

@@ -1,4 +1,18 @@
-"""boto3 clients for SQS and SNS, configured once from celeryconfig.
+"""boto3 clients for SQS and SNS, configured once from celeryconfig, and the one rule
+every SQS/SNS client of the pipeline takes its credentials by.
+
+**Credentials.** boto3's own chain decides, for every client: AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY in the environment, with AWS_SESSION_TOKEN when they are temporary,
+come first; unset, the profile (AWS_PROFILE: credential_process, SSO, assume-role), web
+identity, the container's and the instance's role. Only where SQS_ENDPOINT_URL is set
+and the chain finds nothing are `test`/`test` used (LocalStack takes any). Every client
+signs each request with the credentials object itself (`get_frozen_credentials()` per
+request), never a key pair copied once: boto3's clients, the lean calls (`lean_sqs`),
+kombu's transport, SNS events included (tasks/broker/transport.py), so refreshable ones
+(a role's, credential_process's) are used after they rotate.
+
+**TLS.** Every client verifies the endpoint's certificate with botocore's CA bundle, and
+a certificate that does not verify is raised at once, never retried (tasks/broker/tls.py).
 
 botocore logs whole request and response bodies at DEBUG (``botocore.endpoint``,
 ``botocore.parsers``): a ReceiveMessage response holds raw ip and device_id. Its loggers
@@ -8,6 +22,7 @@ are held at INFO whatever the log level (`quiet_botocore`, run on import), so
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from functools import cache
 from typing import Any
@@ -17,11 +32,13 @@ from urllib.request import getproxies, proxy_bypass
 import boto3
 import botocore.session
 from botocore.config import Config
-from botocore.credentials import Credentials
 from botocore.exceptions import NoCredentialsError
 
 import celeryconfig as config
+from tasks.broker import tls
 from tasks.broker.lean_sqs import LeanSQS
+
+LOCALSTACK_CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 BODY_LOGGERS = ("botocore", "boto3", "urllib3")
 
@@ -59,29 +76,71 @@ def lean_sqs() -> Any:
     if endpoint.scheme in getproxies() and not proxy_bypass(endpoint.hostname or ""):
         logging.getLogger(__name__).info("a proxy applies to SQS: the fetch's SQS calls go through boto3")
         return sqs
-    ca_bundle = botocore.session.get_session().get_config_variable("ca_bundle")  # as boto3 resolves it
-    return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials(), ca_bundle=ca_bundle)
+    return LeanSQS(sqs.meta.endpoint_url, sqs.meta.region_name, credentials(), ca_bundle=tls.ca_bundle())
+
+
+def session(region: str | None = None) -> boto3.session.Session:
+    """A boto3 session whose credentials follow the rule (module docstring): boto3's
+    chain, else `test` with an endpoint. Each session resolves the chain once; its
+    refreshable credentials then refresh themselves."""
+    return boto3.session.Session(region_name=region or config.AWS_REGION, **local_keys())
+
+
+def local_keys() -> dict[str, str]:
+    """LocalStack's `test` keys where SQS_ENDPOINT_URL is set and boto3's chain finds no
+    credentials; else nothing (the chain decides)."""
+    if config.SQS_ENDPOINT_URL and _chain_credentials(config.SQS_ENDPOINT_URL) is None:
+        return LOCALSTACK_CREDENTIALS
+    return {}
+
+
+def _chain_credentials(endpoint: str) -> Any:
+    """What boto3's chain finds. For an endpoint on this machine (LocalStack), without the
+    instance metadata service: no instance role is meant for it, and asking would send a
+    request off the machine (169.254.169.254) from every process that starts."""
+    core = botocore.session.Session()
+    if is_loopback_url(endpoint):
+        core.get_component("credential_provider").remove("iam-role")
+    return core.get_credentials()
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_url() -> str:
+    """SQS's endpoint as the clients resolve it (a client made only to ask)."""
+    if config.SQS_ENDPOINT_URL:
+        return config.SQS_ENDPOINT_URL
+    asking = boto3.session.Session(region_name=config.AWS_REGION, **LOCALSTACK_CREDENTIALS).client("sqs")
+    return str(asking.meta.endpoint_url)
 
 
 def credentials() -> Any:
-    """The credentials the clients use: the configured keys, else boto3's usual chain
-    (refreshable ones, such as a pod's role, refresh themselves)."""
-    if config.AWS_ACCESS_KEY_ID:
-        return Credentials(config.AWS_ACCESS_KEY_ID, config.AWS_SECRET_ACCESS_KEY)
-    found = boto3.session.Session().get_credentials()
+    """The credentials object the clients sign with (refreshable ones included): ask it
+    for `get_frozen_credentials()` on every request, never keep a copy."""
+    found = session().get_credentials()
     if found is None:
         raise NoCredentialsError()
     return found
 
 
 def _new_client(service: str, client_config: Config) -> Any:
-    options: dict[str, Any] = {"region_name": config.AWS_REGION, "config": client_config}
+    options: dict[str, Any] = {"config": client_config}
     if config.SQS_ENDPOINT_URL:
         options["endpoint_url"] = config.SQS_ENDPOINT_URL
-    if config.AWS_ACCESS_KEY_ID:
-        options["aws_access_key_id"] = config.AWS_ACCESS_KEY_ID
-        options["aws_secret_access_key"] = config.AWS_SECRET_ACCESS_KEY
-    return asking_keep_alive(boto3.session.Session().client(service, **options))
+    return prepared(session().client(service, **options))
+
+
+def prepared(client: Any) -> Any:
+    """`client` asking for keep-alive, and raising a certificate that does not verify at once."""
+    return tls.no_retry(asking_keep_alive(client))
 
 
 def asking_keep_alive(client: Any) -> Any:
@@ -101,13 +160,14 @@ def client_without_validation(service: str) -> Any:
     return _new_client(service, CLIENT_CONFIG.merge(Config(parameter_validation=False)))
 
 
-# A scrape asks once, briefly: Prometheus gives up on a scrape after 10 s by default.
+# The metrics' queue-depth thread and `status` ask once, briefly: a hung endpoint costs
+# them seconds, not minutes (the default client retries three times, 25 s each).
 SCRAPE_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
 
 
 @cache
 def scrape_client() -> Any:
-    """An SQS client for /metrics: one attempt per call, short timeouts."""
+    """An SQS client for /metrics and `status`: one attempt per call, short timeouts."""
     return _new_client("sqs", SCRAPE_CONFIG)
 
 

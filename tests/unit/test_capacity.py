@@ -1,4 +1,4 @@
-"""The capacity model (tasks/dev/capacity.py): deterministic, monotonic in the rate, bound
+"""The capacity model (dev/devkit/capacity.py): deterministic, monotonic in the rate, bound
 by CPU or by round trips as the figures say, and its command's bad arguments refused."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from itertools import pairwise
 
 import pytest
 
+from devkit import capacity
+from devkit.capacity import Latency, Replica
 from tasks.cli.errors import main
-from tasks.dev import capacity
-from tasks.dev.capacity import Latency, Replica
 
 DEFAULT = Replica()  # 187 µs, 2 cores, 8 receivers, batches of 500, 1.5 fetches, 4 pool processes
 SQS = Latency(5, 20)
@@ -115,3 +115,48 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], capsys: pytest.Capt
     assert main(args) == 2
     said = capsys.readouterr().err.strip()
     assert len(said.splitlines()) == 1 and said.startswith("usage:")
+
+
+def test_a_network_adds_two_delays_to_every_call_and_round_trip() -> None:
+    far = Latency(5, 20, 1).added(25)
+    assert (far.low_ms, far.high_ms, far.db_ms) == (55, 70, 51)
+
+
+def test_a_pool_no_larger_than_its_fetches_moves_one_batch_per_fetch() -> None:
+    """One pool process: the fetch holds the slot for FETCH_MAX_SECONDS, then one batch
+    task runs (the worker takes the fetch and batch queues in turn), as measured on the
+    bench (docs/performance.md, the network table)."""
+    one = capacity.replica_rate(Replica(pool=1), SQS)
+    assert one.bound == "pool"
+    # the slot's fetch, then one batch task, its ack and the receive of the next task
+    assert one.per_s == pytest.approx(one.fetch.batch / (3.0 + one.task_s + 2 * SQS.mean_s))
+    assert capacity.replica_rate(Replica(pool=4), SQS).bound != "pool"
+
+
+def test_a_far_database_makes_batch_tasks_hold_their_slots_longer() -> None:
+    near, far = (capacity.replica_rate(DEFAULT, Latency(5, 20, db)) for db in (1, 51))
+    assert far.task_s - near.task_s == pytest.approx(capacity.DB_ROUND_TRIPS * 0.050)
+    assert far.pool_per_s < near.pool_per_s
+
+
+def test_the_loopback_call_time_is_the_one_that_gives_the_rate_measured_at_0_ms() -> None:
+    call = capacity.loopback_call_ms(DEFAULT, 800)
+    measured = capacity.replica_rate(DEFAULT, Latency(call, call, capacity.LOOPBACK_DB_MS))
+    assert measured.per_s == pytest.approx(800, rel=0.01)
+    behind = capacity.replica_rate(DEFAULT, Latency(call, call, capacity.LOOPBACK_DB_MS).added(10))
+    assert behind.per_s < measured.per_s
+
+
+def test_freshness_at_half_the_rate_grows_with_the_latency_and_without_bound_with_one_slot() -> None:
+    near, far = (capacity.freshness(DEFAULT, 1000, lat) for lat in (SQS, SQS.added(25)))
+    assert near["p50"] < near["p99"] and near["p50"] < far["p50"] and near["p99"] < far["p99"]
+    one = Replica(pool=1)  # one batch of a quarter second's events per fetch of 3 s: it falls behind
+    behind = capacity.freshness(one, 100, SQS)
+    assert behind["p50"] == behind["p99"] == float("inf") and behind["busy"] > 1
+
+
+def test_fetch_max_bytes_caps_the_receives_in_flight() -> None:
+    """Each message asked for counts as 1 MiB: the default 97.7 MiB allows ten calls of ten."""
+    assert capacity.receivers_in_flight(8, 102_400_000) == 8
+    assert capacity.receivers_in_flight(16, 102_400_000) == 10
+    assert capacity.receivers_in_flight(16, 200_000_000) == 16

@@ -3,10 +3,10 @@ itself runs in tests/test_bench.py)."""
 
 from __future__ import annotations
 
-from tasks.dev.bench import Figures
-from tasks.dev.ceiling import Ceiling
-from tasks.dev.freshness import Freshness
-from tasks.dev.table import Table, markdown
+from devkit.bench import Figures
+from devkit.ceiling import Ceiling
+from devkit.freshness import Freshness
+from devkit.table import Table, markdown
 
 
 def figures(events: int, main_mb: float, pool_mb: float) -> Figures:
