@@ -1,5 +1,5 @@
 """Dockerfile, compose and Kubernetes checked without a container engine, and held to
-the configuration that celeryconfig.py reads and the README documents."""
+the configuration that celeryconfig.py reads and docs/configuration.md documents."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ import pytest
 import yaml
 
 import celeryconfig
+from devkit.docs import (
+    CONFIGURATION,
+    METRICS_BEGIN,
+    METRICS_END,
+    MONITORING,
+    TABLE_BEGIN,
+    TABLE_END,
+    settings_table,
+)
 from tasks.ops.metrics import metrics_table
-from tasks.ops.readme import METRICS_BEGIN, METRICS_END, TABLE_BEGIN, TABLE_END, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -96,24 +104,26 @@ def test_compose_runs_the_documented_commands_and_ports() -> None:
     assert services["beat"]["command"][:4] == ["celery", "-A", "tasks", "beat"]
     assert services["flower"]["command"][:4] == ["celery", "-A", "tasks", "flower"]
     flower_port = services["flower"]["environment"]["FLOWER_PORT"]
-    assert services["flower"]["ports"] == [f"127.0.0.1:{flower_port}:{flower_port}"]
-    assert COMPOSE["services"]["localstack"]["ports"] == ["127.0.0.1:4566:4566"]
+    # Published on the loopback only, on a host port a user may move off a taken one.
+    assert services["flower"]["ports"] == [f"127.0.0.1:${{FLOWER_HOST_PORT:-{flower_port}}}:{flower_port}"]
+    assert COMPOSE["services"]["localstack"]["ports"] == ["127.0.0.1:${LOCALSTACK_HOST_PORT:-4566}:4566"]
+    assert COMPOSE["services"]["postgres"]["ports"] == ["127.0.0.1:${POSTGRES_HOST_PORT:-5432}:5432"]
     for name in ("worker", "beat", "flower"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
 
 
-def test_the_readme_configuration_table_is_the_one_celeryconfig_declares() -> None:
+def test_the_configuration_table_is_the_one_celeryconfig_declares() -> None:
     """Names, defaults, ranges and meanings cannot drift: the table is made from celeryconfig."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.partition(TABLE_BEGIN)[2].partition(TABLE_END)[0].strip()
-    assert block == settings_table(), "README's configuration table is stale: run `make docs`"
+    doc = CONFIGURATION.read_text()
+    block = doc.partition(TABLE_BEGIN)[2].partition(TABLE_END)[0].strip()
+    assert block == settings_table(), "docs/configuration.md's settings table is stale: run `make docs`"
 
 
-def test_the_readme_metrics_table_is_the_one_the_collectors_make() -> None:
+def test_the_metrics_table_is_the_one_the_collectors_make() -> None:
     """Metric names, types, labels and meanings cannot drift: the list is made from the specs."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.partition(METRICS_BEGIN)[2].partition(METRICS_END)[0].strip()
-    assert block == metrics_table(), "README's metrics table is stale: run `make docs`"
+    doc = MONITORING.read_text()
+    block = doc.partition(METRICS_BEGIN)[2].partition(METRICS_END)[0].strip()
+    assert block == metrics_table(), "docs/monitoring.md's metrics table is stale: run `make docs`"
 
 
 def test_every_module_the_docs_name_exists() -> None:
@@ -132,7 +142,7 @@ def test_every_setting_read_from_the_environment_is_declared() -> None:
 
 # --- The image: runtime only ---------------------------------------------------------------
 
-DEVELOPMENT_ONLY = ("tasks/dev", "tests", "docs", "data", ".venv", ".stack", ".git", "requirements-dev.txt")
+DEVELOPMENT_ONLY = ("dev", "tests", "docs", "data", ".venv", ".stack", ".git", "requirements-dev.txt")
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -186,15 +196,14 @@ def test_the_dockerfile_copies_no_development_code() -> None:
     requirements = next(i for i, r in enumerate(runs) if "-r requirements.txt" in r)
     project = next(i for i, r in enumerate(runs) if "--no-deps ." in r)
     assert requirements < project, "the pinned requirements first, then the project without dependencies"
-    assert "test ! -e tasks/dev" in runs[project], "the build fails if tasks/dev reached the context"
     assert not any("requirements-dev" in r for r in runs)
     assert ("USER", "10001:10001") in steps
 
 
 def test_the_dockerignore_keeps_development_files_out_of_the_build_context() -> None:
     for path in (
-        "tasks/dev/seed.py",
-        "tasks/dev/stack.py",
+        "dev/devkit/seed.py",
+        "dev/devkit/stack.py",
         "tests/test_deploy.py",
         "docs/privacy.md",
         "data/sample_data.json",
@@ -236,15 +245,14 @@ def declared_packages() -> set[str]:
     return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
 
 
-def test_the_readme_says_why_each_dependency_is_there() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Dependencies") : readme.index("## Further reading")]
+def test_the_docs_say_why_each_dependency_is_there() -> None:
+    table = (ROOT / "docs" / "dependencies.md").read_text()
     names = {
         n.strip().lower() for row in table.splitlines() if row.startswith("| ") for n in row.split("|")[1].split(",")
     }
     names = {n.replace(" (dev)", "").replace(" (stack)", "") for n in names}
     missing = declared_packages() - names
-    assert not missing, f"not in the README's Dependencies table: {sorted(missing)}"
+    assert not missing, f"not in docs/dependencies.md's table: {sorted(missing)}"
     assert "pip-audit --strict -r requirements.txt" in table
 
 
@@ -430,6 +438,7 @@ NEEDS = {
         ],
         ("sqs:SendMessage", sqs("login-queue")),
         ("sqs:SendMessage", sqs("login-pipeline-batches")),
+        ("sqs:SendMessage", sqs("login-pipeline-batches-dlq")),  # forget: a batch without the forgotten user's events
         *[(a, sqs(q)) for q in (EVENT_QUEUE, REPLY_QUEUE) for a in ("sqs:GetQueueAttributes", "sqs:DeleteQueue")],
         *[("sqs:GetQueueUrl", sqs(q)) for q in (EVENT_QUEUE, PIDBOX_QUEUE, REPLY_QUEUE)],  # sweep's existence check
         ("sqs:ListQueues", "*"),
@@ -726,7 +735,8 @@ def test_privacy_doc_says_where_raw_pii_can_rest_who_can_read_it_and_how_long(mo
         return found[0]
 
     places = ("`login-queue` ", "`login-queue-dlq`", "Celery's batch queue", "the batch dead-letter queue",
-              "worker process memory", "logs", "Flower", "PostgreSQL", "`unmask` output", "bench and test")  # fmt: skip
+              "worker process memory", "logs", "Flower", "PostgreSQL", "`user_logins`", "`unmask` output",
+              "bench and test")  # fmt: skip
     for where in places:
         row(where)
     # The retention each row states is the one `init` sets.
@@ -736,6 +746,7 @@ def test_privacy_doc_says_where_raw_pii_can_rest_who_can_read_it_and_how_long(mo
                          ("the batch dead-letter queue", "login-pipeline-batches-dlq")):  # fmt: skip
         assert f"{days[queue]} day" in row(where).split("|")[4], queue
     assert "DEAD_LETTER_KEEP_BODY=false" in row("`login-queue-dlq`")
+    assert "`RETENTION_DAYS`" in row("`user_logins`").split("|")[4] and "`forget`" in row("`user_logins`")
     assert "`botocore` loggers" in row("logs") and "at DEBUG" in row("logs")
     assert "An `hmac` key is as sensitive as a `siv` key" in doc
 

@@ -1,10 +1,13 @@
 """The two locks are fresh, checked offline: each was made from pyproject.toml's
 declarations as they are now (the hash in its first line), every declared requirement is
 pinned within its range, and the development lock pins the runtime at the image's
-versions. `make lock` (tasks/dev/lock.py) remakes them."""
+versions. `make lock` (dev/devkit/lock.py) remakes them."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tasks.dev import lock
+from devkit import lock
 
 ROOT = Path(__file__).resolve().parent.parent
 DECLARED = lock.declarations()
@@ -78,3 +81,36 @@ def test_make_demo_installs_the_runtime_and_the_stack_and_nothing_for_tests() ->
     assert "-r requirements-dev.txt" not in recipe and "[dev]" not in recipe and "[stack,dev]" not in recipe
     assert "-r requirements-dev.txt" in makefile_rule("$(TEST_STAMP)")
     assert makefile_rule("test").split(":", 1)[1].split()[0] == "$(TEST_STAMP)"
+
+
+def imported_packages(*paths: Path) -> set[str]:
+    """The top-level names of third-party modules these files import, at any depth."""
+    local = {"tasks", "celeryconfig", "flowerconfig", "tests", "devkit"}
+    names: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names - local - set(sys.stdlib_module_names)
+
+
+def distributions(modules: set[str]) -> set[str]:
+    """The installed distributions that provide these import names."""
+    provided = importlib.metadata.packages_distributions()
+    missing = {m for m in modules if m not in provided}
+    assert not missing, f"imported but not installed: {missing}"
+    return {canonicalize_name(d) for m in modules for d in provided[m]}
+
+
+def test_every_package_the_code_imports_is_declared() -> None:
+    """What the runtime imports is a runtime dependency, with a range (not there by way of
+    Celery or Flower, where an upgrade of theirs could drop it); what the development
+    distribution (dev/devkit) imports is declared in some list."""
+    runtime_files = [ROOT / "celeryconfig.py", ROOT / "flowerconfig.py", *(ROOT / "tasks").rglob("*.py")]
+    runtime = {canonicalize_name(r.name) for r in declared()}
+    everything = {canonicalize_name(r.name) for r in declared("stack", "dev")}
+    assert not distributions(imported_packages(*runtime_files)) - runtime, "declare it in [project] dependencies"
+    development = distributions(imported_packages(*(ROOT / "dev" / "devkit").glob("*.py")))
+    assert not development - everything, "declare it in pyproject.toml"
