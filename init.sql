@@ -45,6 +45,8 @@ ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS freshness_counts integer[] N
 ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS freshness_sum double precision NOT NULL DEFAULT 0;
 ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS duration_counts integer[] NOT NULL DEFAULT '{}';
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS reason_class text;
+-- Events of a forgotten user, sent before their erasure, that a batch dropped (docs/privacy.md).
+ALTER TABLE ingest_batches ADD COLUMN IF NOT EXISTS forgotten integer NOT NULL DEFAULT 0;
 
 -- The ledgers' running totals, kept by triggers in the writing transaction, so that a
 -- scrape reads a few rows however long the ledgers grow. A batch writes one
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS ledger_rollup (
     duration_counts     bigint[] NOT NULL DEFAULT '{}',
     last_commit         timestamptz
 );
+ALTER TABLE ledger_rollup ADD COLUMN IF NOT EXISTS forgotten bigint NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS dead_letter_rollup (
     reason_class        text NOT NULL,
     shard               integer NOT NULL,
@@ -92,10 +95,10 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     INSERT INTO public.ledger_rollup AS r (shard, received, inserted, duplicates, dead_lettered, non_address_ips,
-        batches, seconds, freshness_counts, freshness_sum, duration_counts, last_commit)
+        batches, seconds, freshness_counts, freshness_sum, duration_counts, last_commit, forgotten)
     VALUES (pg_backend_pid() % 16, NEW.received, NEW.inserted, NEW.duplicates, NEW.dead_lettered,
         NEW.non_address_ips, 1, NEW.seconds, NEW.freshness_counts::bigint[], NEW.freshness_sum,
-        NEW.duration_counts::bigint[], clock_timestamp())
+        NEW.duration_counts::bigint[], clock_timestamp(), NEW.forgotten)
     ON CONFLICT (shard) DO UPDATE SET
         received = r.received + EXCLUDED.received,
         inserted = r.inserted + EXCLUDED.inserted,
@@ -107,7 +110,8 @@ BEGIN
         freshness_counts = public.ledger_add(r.freshness_counts, EXCLUDED.freshness_counts),
         freshness_sum = r.freshness_sum + EXCLUDED.freshness_sum,
         duration_counts = public.ledger_add(r.duration_counts, EXCLUDED.duration_counts),
-        last_commit = greatest(r.last_commit, EXCLUDED.last_commit);
+        last_commit = greatest(r.last_commit, EXCLUDED.last_commit),
+        forgotten = r.forgotten + EXCLUDED.forgotten;
     RETURN NULL;
 END
 $$;
@@ -298,6 +302,121 @@ REVOKE ALL ON SEQUENCE unmask_audit_id_seq FROM login_recovery;
 GRANT EXECUTE ON FUNCTION recover_tokens(text, text, text, date, date, text[]) TO login_recovery;
 
 -- ============================================================================
+-- Erasure (`python -m tasks forget`, tasks/ops/erasure.py). A forgotten user is known
+-- only by a keyed hash of their id ('version:hex', an HMAC under a key derived from the
+-- masking key ring), never by the id itself.
+-- ============================================================================
+-- One tombstone per forgotten user: a batch or a redrive drops their events sent before
+-- erased_at. The pipeline reads it; the analyst and recovery roles cannot.
+CREATE TABLE IF NOT EXISTS erasure_tombstones (
+    subject_hash        text PRIMARY KEY,
+    erased_at           timestamptz NOT NULL
+);
+-- One row per erasure: whose (the keyed hash), why, who ran it, when, and what it removed.
+-- Written only through record_erasure(), which sets who and when itself.
+CREATE TABLE IF NOT EXISTS erasure_audit (
+    id                  bigserial PRIMARY KEY,
+    subject_hash        text NOT NULL,
+    reason              text NOT NULL CHECK (length(trim(reason)) > 0),
+    erased_by           text NOT NULL DEFAULT session_user,
+    erased_at           timestamptz NOT NULL DEFAULT now(),
+    rows_deleted        integer NOT NULL,
+    dead_letters_deleted integer NOT NULL,
+    queued_deleted      integer NOT NULL,
+    batch_events_removed integer NOT NULL,
+    unreached           integer NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION record_erasure(
+    p_subject_hash text, p_reason text, p_rows integer, p_dead_letters integer, p_queued integer,
+    p_batch_events integer, p_unreached integer
+)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF p_subject_hash IS NULL OR p_subject_hash !~ '^[1-9][0-9]{0,8}:[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'the subject must be a keyed hash' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT public.unmask_reason_is_visible(p_reason) THEN
+        RAISE EXCEPTION 'a reason with visible text is required for every erasure'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.erasure_audit (subject_hash, reason, erased_by, erased_at, rows_deleted,
+        dead_letters_deleted, queued_deleted, batch_events_removed, unreached)
+    VALUES (p_subject_hash, p_reason, session_user, now(), p_rows, p_dead_letters, p_queued, p_batch_events,
+        p_unreached)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+REVOKE ALL ON FUNCTION record_erasure(text, text, integer, integer, integer, integer, integer) FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'login_eraser') THEN
+        CREATE ROLE login_eraser NOLOGIN;
+    END IF;
+END
+$$;
+-- The eraser deletes a user's rows and dead letters, keeps the tombstones, and writes the
+-- audit only through record_erasure(). It reads no masked value and no audit row.
+GRANT SELECT (user_id, message_id), DELETE ON user_logins TO login_eraser;
+GRANT SELECT (message_id), DELETE ON dead_letters TO login_eraser;
+GRANT SELECT, INSERT, UPDATE ON erasure_tombstones TO login_eraser;
+GRANT EXECUTE ON FUNCTION record_erasure(text, text, integer, integer, integer, integer, integer) TO login_eraser;
+-- The pipeline drops a forgotten user's earlier events: it reads the tombstones.
+GRANT SELECT ON erasure_tombstones TO login_pipeline_writer;
+REVOKE ALL ON erasure_tombstones, erasure_audit FROM login_analyst, login_recovery;
+
+-- ============================================================================
+-- Retention (RETENTION_DAYS, tasks/retention.py): rows older than the limit are deleted
+-- in short batches, through expire_logins() only. The index keeps both the batches and
+-- the oldest row's age (a metric) cheap. On a large existing table, build it first with
+-- CREATE INDEX CONCURRENTLY under this name: this statement then finds it.
+-- ============================================================================
+CREATE INDEX IF NOT EXISTS user_logins_create_date_idx ON user_logins (create_date);
+
+-- Delete at most p_rows rows created before current_date - p_days; returns how many.
+CREATE OR REPLACE FUNCTION expire_logins(p_days integer, p_rows integer)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_deleted integer;
+BEGIN
+    IF p_days IS NULL OR p_days < 1 OR p_rows IS NULL OR p_rows < 1 THEN
+        RAISE EXCEPTION 'days and rows must be positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM public.user_logins WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM public.user_logins WHERE create_date < (now() AT TIME ZONE 'UTC')::date - p_days
+        ORDER BY create_date LIMIT p_rows FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;
+REVOKE ALL ON FUNCTION expire_logins(integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION expire_logins(integer, integer) TO login_pipeline_writer;
+
+-- The create_date of the oldest row (NULL: none), for /metrics: no row's values.
+CREATE OR REPLACE FUNCTION oldest_login_date()
+RETURNS date
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(create_date) FROM public.user_logins
+$$;
+REVOKE ALL ON FUNCTION oldest_login_date() FROM PUBLIC;
+
+-- ============================================================================
 -- Metrics role (Flower's /metrics, tasks/ops/metrics.py). A block of its own, kept
 -- at the end of this file: it reads the ledger, its totals and the heartbeats, never a
 -- row of user_logins or dead_letters, so the login user that METRICS_DATABASE_URL names
@@ -311,3 +430,4 @@ BEGIN
 END
 $$;
 GRANT SELECT ON ingest_batches, ledger_rollup, dead_letter_rollup, heartbeats TO login_metrics;
+GRANT EXECUTE ON FUNCTION oldest_login_date() TO login_metrics;

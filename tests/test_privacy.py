@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ import psycopg2
 import pytest
 
 import celeryconfig as config
+from devkit import seed
 from tasks.broker import aws
-from tasks.dev import seed
 from tasks.ops import recovery
 from tasks.pipeline import store
 from tasks.pipeline.keys import parse_key_ring
@@ -237,6 +238,49 @@ def test_rekey_moves_every_row_to_the_newest_key(db) -> None:
     assert sorted(new.unmask("ip", ip) for ip, _ in tokens) == sorted(f"10.0.0.{i}" for i in range(25))
 
 
+def test_rekey_ends_on_every_mix_of_modes_and_versions(db) -> None:
+    """hmac tokens of the newest and an older version, siv tokens of both, both kinds in
+    one row, and NULLs: the real command re-keys the old siv tokens, keeps every hmac
+    token, says how many rows keep one, and ends (it once updated the same rows forever)."""
+    ring1, ring2 = parse_key_ring(KEY1), parse_key_ring(f"{KEY1},{KEY2}")
+    hmac1, hmac2, siv1, siv2 = Masker(ring1, "hmac"), Masker(ring2, "hmac"), Masker(ring1, "siv"), Masker(ring2, "siv")
+    kinds = [
+        (hmac2.mask_ip("10.9.0.1")[0], hmac2.mask_device_id("d-1")),  # hmac, the newest version
+        (hmac1.mask_ip("10.9.0.2")[0], None),  # hmac, an older version
+        (siv1.mask_ip("10.9.0.3")[0], hmac2.mask_device_id("d-3")),  # old siv beside hmac
+        (hmac2.mask_ip("10.9.0.4")[0], siv1.mask_device_id("d-4")),
+        (siv2.mask_ip("10.9.0.5")[0], siv2.mask_device_id("d-5")),  # already the newest
+        (None, siv1.mask_device_id("d-6")),
+    ]
+    rows = [
+        store.MaskedRow(f"mix-{n}-{i}", "u", "ios", ip, dev, None, 1, date(2026, 1, 1))
+        for n in range(4)
+        for i, (ip, dev) in enumerate(kinds)
+    ]
+    with db, db.cursor() as cur:
+        store.insert_rows(cur, rows)
+    before = {row.message_id: (row.masked_ip, row.masked_device_id) for row in rows}
+    env = {"MASKING_MODE": "siv", "MASKING_KEYS": f"{KEY1},{KEY2}"}
+    result = python_m_tasks("rekey", "--batch", "3", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "re-keyed 12 rows",
+        "16 rows keep hmac tokens: one-way, they cannot be re-keyed (docs/privacy.md)",
+    ]
+    with db.cursor() as cur:
+        cur.execute("SELECT message_id, masked_ip, masked_device_id FROM user_logins WHERE message_id LIKE 'mix-%'")
+        after = {mid: (ip, dev) for mid, ip, dev in cur.fetchall()}
+    db.rollback()
+    for mid, tokens in after.items():
+        for field, old, new in zip(("ip", "device_id"), before[mid], tokens, strict=True):
+            if old is None or old.startswith(("h", "s2:")):
+                assert new == old, (mid, field)
+            else:
+                assert new.startswith("s2:") and siv2.unmask(field, new) == siv1.unmask(field, old), (mid, field)
+    again = python_m_tasks("rekey", env=env, timeout=60)
+    assert again.returncode == 0 and again.stdout.startswith("re-keyed 0 rows"), again.stdout + again.stderr
+
+
 # What a hostile producer sends to make an error message echo its values.
 HOSTILE_BODIES = [
     json.dumps({"user_id": "h1", "ip": "198.51.100.7\u00b2", "device_id": "dev-\u00b2-777"}),
@@ -266,11 +310,18 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
         json_worker.stop()
     json_lines = [json.loads(line) for line in json_worker.log.read_text().splitlines() if line.startswith("{")]
     assert any(line.get("task_id") and line.get("batch_size") for line in json_lines), "no JSON batch line"
+    forgot = python_m_tasks("forget", "--user-id", "h4", "--reason", "PII scan")  # fills the erasure tables
+    assert forgot.returncode == 0 and "forgot 1 users" in forgot.stdout, forgot.stderr
     with db.cursor() as cur:
+        cur.execute("SELECT row_to_json(a)::text FROM erasure_audit a UNION ALL"
+                    " SELECT row_to_json(t)::text FROM erasure_tombstones t")  # fmt: skip
+        erasure_tables = "\n".join(r[0] for r in cur.fetchall())
         cur.execute(
             "SELECT row_to_json(t)::text FROM (SELECT * FROM user_logins) t"
             " UNION ALL SELECT row_to_json(d)::text FROM dead_letters d"
             " UNION ALL SELECT row_to_json(b)::text FROM ingest_batches b"
+            " UNION ALL SELECT row_to_json(a)::text FROM erasure_audit a"
+            " UNION ALL SELECT row_to_json(t)::text FROM erasure_tombstones t"
         )
         tables = "\n".join(r[0] for r in cur.fetchall())
     db.rollback()
@@ -287,6 +338,7 @@ def test_no_raw_ip_or_device_id_in_logs_flower_rows_or_dead_letters(db) -> None:
     }.items():
         leaked = [value for value in raw if value in text]
         assert not leaked, f"{len(leaked)} raw values in {place}"
+    assert "PII scan" in erasure_tables and "h4" not in erasure_tables  # the user id: a keyed hash only
 
 
 @pytest.mark.parametrize("keys", ["development", "none", "copied-fingerprint-database", "copied-fingerprint-aws"])
@@ -350,6 +402,32 @@ def test_the_unmask_command_recovers_with_the_key_and_refuses_without(db) -> Non
         cur.execute("SELECT count(*) FROM unmask_audit WHERE token = %s", (token,))
         assert cur.fetchone()[0] == 1  # only the recovery that succeeded
     db.rollback()
+
+
+# What a terminal obeys: C0 but newline and tab, DEL, C1 (a command's own layout keeps \n and \t).
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_unmask_prints_a_stored_values_control_characters_escaped(db) -> None:
+    """Rows stored before masked fields refused control characters: a device id that
+    forges a line, an ip that sends OSC 52 (the clipboard). One escaped line each."""
+    masker = Masker(parse_key_ring(os.environ["MASKING_KEYS"]), "siv")
+    device_id, ip = "dev-1\n[2026-12-07 05:00:00] INFO forged line", "10.0.0.1\x1b]52;c;cm0gLXJmIH4=\x07\x9b2J"
+    ip_token, device_token = masker.token("ip", ip), masker.token("device_id", device_id)
+    with db, db.cursor() as cur:
+        store.insert_rows(
+            cur, [store.MaskedRow("legacy-1", "u", "ios", ip_token, device_token, None, 1, date(2026, 1, 1))]
+        )
+    for field, token, shown in (
+        ("device_id", device_token, "dev-1\\n[2026-12-07 05:00:00] INFO forged line"),
+        ("ip", ip_token, "10.0.0.1\\x1b]52;c;cm0gLXJmIH4=\\x07\\x9b2J"),
+    ):
+        result = python_m_tasks(
+            "unmask", "--field", field, "--reason", "ticket SEC-27", token, env={"MASKING_MODE": "siv"}
+        )
+        assert result.returncode == 0, result.stderr
+        assert not TERMINAL_CONTROLS.search(result.stdout + result.stderr), repr(result.stdout + result.stderr)
+        assert result.stdout.splitlines() == [f"{token}\t{shown}"]
 
 
 def test_the_embedded_localstack_listens_on_the_loopback_only() -> None:

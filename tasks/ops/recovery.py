@@ -14,12 +14,16 @@ tokens without this command, and so without an audit: the key is the control; th
 audit records its use through here.) `rekey`
 re-tokenises user_logins in small batches, each its own short transaction, so it holds
 no long lock and can be stopped and run again; it needs ``siv`` (an HMAC token cannot
-be re-keyed without the raw value).
+be re-keyed without the raw value). It selects only siv tokens not written with the
+newest key, and writes each of them anew, so every row it selects leaves the selection
+and it ends whatever mix of modes and versions the table holds; hmac tokens (rows
+masked while MASKING_MODE was hmac) stay as they are, and `one_way_rows` counts them.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -27,7 +31,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from tasks.pipeline import store
-from tasks.pipeline.masking import Masker, TokenError, parse_token
+from tasks.pipeline.masking import Masker, TokenError
 
 
 class RecoveryRefused(RuntimeError):
@@ -79,33 +83,52 @@ def unmask(
         raise RecoveryRefused(exc.diag.message_primary or "recovery refused by the database") from None
 
 
-def _retoken(masker: Masker, field: str, token: str | None) -> str | None:
-    if token is None or parse_token(token)[0] == masker.keys.current_version:
+def _retoken(masker: Masker, field: str, token: str | None, current: str) -> str | None:
+    """The token written with the newest key; an hmac token (one-way) and a token that
+    already starts with `current` are kept. Exactly the tokens that `rekey` selects change."""
+    if token is None or not token.startswith("s") or token.startswith(current):
         return token
     return masker.token(field, masker.unmask(field, token))
 
 
 def rekey(conn: store.Connection, masker: Masker, batch: int = 1000) -> int:
-    """Re-tokenise every row not at the newest key version; returns rows changed."""
+    """Re-tokenise every siv token not made with the newest key; returns rows changed."""
     if masker.mode != "siv":
         raise RecoveryRefused("rekey needs MASKING_MODE=siv: an HMAC token cannot be re-keyed without its value")
-    current = f"s{masker.keys.current_version}:%"
+    current = f"s{masker.keys.current_version}:"
+    return retokenise(
+        conn,
+        "(masked_ip LIKE 's%%' AND masked_ip NOT LIKE %(current)s)"
+        " OR (masked_device_id LIKE 's%%' AND masked_device_id NOT LIKE %(current)s)",
+        {"current": current + "%"},
+        lambda field, token: _retoken(masker, field, token, current),
+        batch,
+    )
+
+
+def retokenise(
+    conn: store.Connection,
+    where: str,
+    params: dict[str, object],
+    retoken: Callable[[str, str | None], str | None],
+    batch: int,
+) -> int:
+    """Rewrite the tokens of the rows `where` selects with `retoken(field, token)`, `batch`
+    rows per short transaction (locked rows skipped), until it selects none; returns rows
+    changed. `retoken` must take every selected row out of the selection."""
     changed = 0
     while True:
         with conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT ctid::text, masked_ip, masked_device_id FROM user_logins"
-                " WHERE masked_ip NOT LIKE %s OR masked_device_id NOT LIKE %s"
-                " LIMIT %s FOR UPDATE SKIP LOCKED",
-                (current, current, batch),
+                f"SELECT ctid::text, masked_ip, masked_device_id FROM user_logins WHERE {where}"
+                " LIMIT %(batch)s FOR UPDATE SKIP LOCKED",
+                {**params, "batch": batch},
             )
             rows = cur.fetchall()
             if not rows:
                 return changed
             try:
-                updates = [
-                    (ctid, _retoken(masker, "ip", ip), _retoken(masker, "device_id", dev)) for ctid, ip, dev in rows
-                ]
+                updates = [(ctid, retoken("ip", ip), retoken("device_id", dev)) for ctid, ip, dev in rows]
             except TokenError as exc:
                 raise RecoveryRefused(f"a row cannot be re-keyed: {exc}") from None
             psycopg2.extras.execute_values(
@@ -115,3 +138,11 @@ def rekey(conn: store.Connection, masker: Masker, batch: int = 1000) -> int:
                 updates,
             )
             changed += len(rows)
+
+
+def one_way_rows(conn: store.Connection) -> int:
+    """Rows that hold an hmac token, which no key re-tokenises (the raw value is gone)."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'h%' OR masked_device_id LIKE 'h%'")
+        (count,) = cur.fetchone() or (0,)
+        return int(count)

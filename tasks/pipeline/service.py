@@ -20,7 +20,7 @@ from time import monotonic, time
 import psycopg2
 
 import celeryconfig as config
-from tasks.pipeline import store
+from tasks.pipeline import erasure, store
 from tasks.pipeline.deadletter import DeadLetterQueue
 from tasks.pipeline.keys import KeyRing, Surroundings, load_key_ring, refuse_development_key
 from tasks.pipeline.masking import Masker, ValueTooLong
@@ -160,6 +160,7 @@ def write_batch(
     conn = pipe.connection()
     try:
         with conn.cursor() as cur:
+            ready, letters, forgotten = _drop_forgotten(cur, pipe.masker.keys, by_id, ready, letters)
             inserted, refused = store.insert_isolating(cur, [p.row for p in ready])
             letters += [DeadLetter(by_id[row.message_id], reason) for row, reason in refused]
             new = _dead_letter(cur, letters)
@@ -167,9 +168,10 @@ def write_batch(
             counts = store.BatchCounts(
                 received=received,
                 inserted=len(inserted),
-                duplicates=received - len(inserted) - new,
+                duplicates=received - len(inserted) - new - forgotten,
                 dead_lettered=new,
                 non_address_ips=sum(not p.ip_is_address for p in ready),
+                forgotten=forgotten,
             )
             store.record_batch(cur, task_id, counts, batch_times(started, [by_id[i] for i in inserted]))
         conn.commit()
@@ -177,6 +179,24 @@ def write_batch(
         pipe.reset()
         raise
     return counts
+
+
+def _drop_forgotten(
+    cur: store.Cursor, keys: KeyRing, by_id: dict[str, SourceMessage], ready: list[Prepared], letters: list[DeadLetter]
+) -> tuple[list[Prepared], list[DeadLetter], int]:
+    """The batch without the events of users forgotten after those events were sent
+    (tasks.pipeline.erasure), and how many were dropped."""
+    letter_users = [erasure.user_of(letter.message.body) for letter in letters]
+    erased = erasure.erased_at(cur, keys, [p.row.user_id for p in ready] + [u for u in letter_users if u])
+    if not erased:
+        return ready, letters, 0
+    kept = [p for p in ready if not erasure.is_forgotten(p.row.user_id, by_id[p.row.message_id].sent_at_ms, erased)]
+    kept_letters = [
+        letter
+        for letter, user in zip(letters, letter_users, strict=True)
+        if not erasure.is_forgotten(user, letter.message.sent_at_ms, erased)
+    ]
+    return kept, kept_letters, len(ready) - len(kept) + len(letters) - len(kept_letters)
 
 
 def batch_times(started: float, inserted: list[SourceMessage]) -> store.BatchTimes:
@@ -237,11 +257,29 @@ def mark_fetch(started: float, newest_sent_ms: int | None) -> None:
         log.warning("fetch not marked in the ledger: %s", describe(exc))
 
 
-def dead_letter_set_apart(received: list[Received]) -> None:
-    """Messages set apart by the fetch (too large for any batch task, or unusable as
-    received): dead letters straight from the fetch, each with its own reason."""
+def dead_letter_set_apart(received: list[Received]) -> list[Received]:
+    """Messages set apart by the fetch (a large body that is no valid event, unusable as
+    received, too large for a batch): dead letters straight from the fetch, each with its
+    own reason and body. Returns those dead-lettered, which the fetch deletes. One whose
+    dead letter SQS would not take (a body within its attributes' size of SQS's limit)
+    is left in login-queue, for SQS's own redrive policy to move it to the dead-letter
+    queue, body intact, after SOURCE_MAX_RECEIVES receives."""
+    queue, done = dead_letter_queue(), []
     by_reason: dict[str, list[SourceMessage]] = {}
     for r in received:
-        by_reason.setdefault(r.reason or "set apart", []).append(r.message)
+        reason = r.reason or "set apart"
+        if queue.fits(DeadLetter(r.message, reason)):
+            by_reason.setdefault(reason, []).append(r.message)
+            done.append(r)
+    if len(done) < len(received):
+        log.warning(
+            "%d messages too large for a dead letter with their reason are left in %s: SQS moves them,"
+            " body intact, to %s after %d receives",
+            len(received) - len(done),
+            config.SOURCE_QUEUE,
+            config.DEAD_LETTER_QUEUE,
+            config.SOURCE_MAX_RECEIVES,
+        )
     for reason, messages in by_reason.items():
         give_up(pipeline(), messages, reason, None)
+    return done

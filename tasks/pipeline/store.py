@@ -27,7 +27,7 @@ from psycopg2 import errorcodes
 from tasks.pipeline import histogram
 from tasks.pipeline.reasons import reason_class
 
-INIT_SQL = Path(__file__).resolve().parents[2] / "init.sql"
+INIT_SQL = Path(__file__).with_name("init.sql")  # the top-level init.sql (a link to it here: package data)
 COLUMNS = (
     "message_id",
     "user_id",
@@ -79,6 +79,7 @@ class BatchCounts:
     duplicates: int
     dead_lettered: int
     non_address_ips: int = 0
+    forgotten: int = 0  # events of a forgotten user sent before the erasure, dropped
 
 
 def connect(url: str, **options: str) -> Connection:
@@ -198,7 +199,8 @@ def record_batch(cur: Cursor, task_id: str | None, counts: BatchCounts, times: B
     """The batch's row in the ledger, with its histogram bucket counts (init.sql rolls it up)."""
     cur.execute(
         "INSERT INTO ingest_batches (task_id, received, inserted, duplicates, dead_lettered, non_address_ips,"
-        " seconds, freshness_counts, freshness_sum, duration_counts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " forgotten, seconds, freshness_counts, freshness_sum, duration_counts)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             task_id,
             *astuple(counts),
@@ -234,21 +236,34 @@ class Ledger:
     dead_letters: dict[str, int]  # by reason class
     last_fetch: float | None  # unix seconds
     newest_fetched_sent: float | None
+    oldest_row: float | None = None  # unix seconds of the oldest row's create_date (None: no row)
 
 
-LEDGER_KEYS = ("received", "inserted", "duplicates", "dead_lettered", "non_address_ips", "batches", "seconds")
+LEDGER_KEYS = (
+    "received",
+    "inserted",
+    "duplicates",
+    "dead_lettered",
+    "non_address_ips",
+    "batches",
+    "seconds",
+    "forgotten",
+)
 
 
 def _sum_arrays(arrays: list[list[int] | None]) -> list[int]:
     return [sum(column) for column in zip_longest(*(a or [] for a in arrays), fillvalue=0)]
 
 
+LEDGER_SUMS = (
+    "SELECT coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),"
+    " coalesce(sum(dead_lettered), 0), coalesce(sum(non_address_ips), 0), coalesce(sum(batches), 0),"
+    " coalesce(sum(seconds), 0), coalesce(sum(forgotten), 0) FROM ledger_rollup"
+)
+
+
 def _totals(cur: Cursor) -> dict[str, float]:
-    cur.execute(
-        "SELECT coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),"
-        " coalesce(sum(dead_lettered), 0), coalesce(sum(non_address_ips), 0), coalesce(sum(batches), 0),"
-        " coalesce(sum(seconds), 0) FROM ledger_rollup"
-    )
+    cur.execute(LEDGER_SUMS)
     return dict(zip(LEDGER_KEYS, map(float, one_row(cur)), strict=True))
 
 
@@ -275,6 +290,8 @@ def ledger(conn: Connection) -> Ledger:
             "SELECT extract(epoch FROM at), extract(epoch FROM newest_sent_at) FROM heartbeats WHERE name = 'fetch'"
         )
         fetch = cur.fetchone()
+        cur.execute("SELECT extract(epoch FROM public.oldest_login_date()::timestamp AT TIME ZONE 'UTC')")
+        oldest = one_row(cur)[0]
     conn.rollback()
     commits = [float(s[3]) for s in shards if s[3] is not None]
     return Ledger(
@@ -286,6 +303,7 @@ def ledger(conn: Connection) -> Ledger:
         dead_letters=letters,
         last_fetch=float(fetch[0]) if fetch else None,
         newest_fetched_sent=float(fetch[1]) if fetch and fetch[1] is not None else None,
+        oldest_row=float(oldest) if oldest is not None else None,
     )
 
 
