@@ -5,7 +5,7 @@
   fires and one where it does not; every alert has a runbook section.
 - A real Prometheus (Debian's server) scraping a running pipeline through Flower's
   /metrics with basic auth, evaluating the shipped rules with their durations shortened
-  (tasks/dev/prometheus.py): staged faults fire their alerts, read through Prometheus's
+  (dev/devkit/prometheus.py): staged faults fire their alerts, read through Prometheus's
   HTTP API, and the alerts clear after recovery; every dashboard panel's query returns data.
 """
 
@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 import celeryconfig as config
-from tasks.dev import dashboard, prometheus, runner, seed
+from devkit import dashboard, prometheus, runner, seed
 from tasks.pipeline import store
 from tests.helpers import (
     Worker,
@@ -79,11 +79,34 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not() 
     assert names - silent == set(), "alerts never tested silent"
 
 
+RUNBOOK_BASE = "https://login-pipeline.example/docs/runbook.md"  # the shipped placeholder
+
+
+def runbook_url(alert: str) -> str:
+    """An alert's runbook_url as shipped: the one base (login_pipeline:runbook_base), its section."""
+    return '{{ with query "login_pipeline:runbook_base" }}{{ . | first | label "url" }}{{ end }}#' + alert.lower()
+
+
+def test_the_runbook_base_is_set_once_and_every_promtool_case_expects_absolute_links() -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    bases = [rule for group in groups for rule in group["rules"] if rule.get("record") == "login_pipeline:runbook_base"]
+    assert [rule["labels"]["url"] for rule in bases] == [RUNBOOK_BASE]
+    first_of_alerts = next(group for group in groups if any("alert" in rule for rule in group["rules"]))
+    assert first_of_alerts["rules"][0] is bases[0], "the base must be evaluated before the alerts, in their group"
+    expected = [
+        alert["exp_annotations"]["runbook_url"]
+        for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for check in case.get("alert_rule_test", [])
+        for alert in check.get("exp_alerts", [])
+    ]
+    assert expected and all(re.fullmatch(re.escape(RUNBOOK_BASE) + r"#loginpipeline\w+", url) for url in expected)
+
+
 def test_every_alert_links_its_runbook_section_which_says_what_to_look_at_and_how_to_fix() -> None:
     sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", RUNBOOK.read_text(), re.MULTILINE | re.DOTALL))
     for rule in alert_rules():
         name = rule["alert"]
-        assert rule["annotations"]["runbook_url"] == f"docs/runbook.md#{name.lower()}", name
+        assert rule["annotations"]["runbook_url"] == runbook_url(name), name
         assert rule["labels"]["severity"] in ("page", "ticket"), name
         text = sections.get(name, "")
         assert "**Look first.**" in text and "**Fix.**" in text, f"runbook section of {name}"
@@ -98,7 +121,7 @@ def test_the_shortened_copy_is_valid_and_shortens_every_wait(tmp_path: Path) -> 
     checked = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert not re.search(r"for: \d+m|\[\d+[mhd]\]", short), "a duration left unshortened"
-    assert "time() - max(login_pipeline_beat_last_tick_timestamp_seconds) > 4\n" in short
+    assert "time() - max(login_pipeline_last_fetch_timestamp_seconds) > 4\n" in short
     assert 'le=~"5|5\\\\.0"' in short  # the SLO's 5 s is real events' latency: unchanged
 
 
@@ -191,7 +214,7 @@ def test_poison_events_fire_dead_letters_naming_their_reasons_and_it_clears(moni
     alert = monitored.wait_firing("LoginPipelineDeadLetters")
     description = alert["annotations"]["description"]
     assert alert["labels"]["severity"] == "ticket"
-    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#loginpipelinedeadletters"
+    assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#loginpipelinedeadletters"
     assert "not_json" in description, description
     monitored.wait_clear("LoginPipelineDeadLetters")  # no new dead letter for the (shortened) 10 minutes
 
@@ -243,3 +266,46 @@ def test_every_dashboard_panel_query_returns_data(monitored: Monitored) -> None:
         if not any(not math.isnan(value) for value in values):
             empty.append(f"{title}: {expr} -> {values}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+RECIPE_AUTH = "monitor:choose-a-password"  # the recipe's own user and password
+
+
+def monitoring_recipe() -> list[str]:
+    """The shell lines of docs/monitoring.md's Prometheus recipe for `make run`'s pipeline."""
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    block = text.split("For `make run`'s\npipeline, on a fresh clone:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in re.sub(r"\\\n\s*", "", block).splitlines() if line.strip()]
+
+
+def test_the_monitoring_recipe_run_as_written_scrapes_the_pipeline_with_auth_and_loads_the_rules(
+    test_stack: None, tmp_path: Path
+) -> None:
+    """docs/monitoring.md's recipe, line by line, in a copy of the checkout's deploy/
+    (its sed writes a file there): Flower takes the recipe's FLOWER_BASIC_AUTH, as `make run`
+    would, on a free port instead of 5555; Prometheus listens on a free port instead of
+    9090. Prometheus then scrapes Flower with the password file the recipe wrote, and has
+    loaded every rule of the shipped file."""
+    lines = monitoring_recipe()
+    assert lines[0] == f"export FLOWER_BASIC_AUTH={RECIPE_AUTH}" and lines[1] == "make run", lines
+    shutil.copytree(RULES_DIR, tmp_path / "deploy" / "prometheus")
+    flower_port, port = free_port(), free_port()
+    flower = start_flower(flower_port, env={"FLOWER_BASIC_AUTH": RECIPE_AUTH}, name="recipe-flower")
+    server = None
+    try:
+        *setup, serve = [line.replace("127.0.0.1:5555", f"127.0.0.1:{flower_port}") for line in lines[2:]]
+        done = subprocess.run(["sh", "-ec", "\n".join(setup)], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert serve.startswith("prometheus --config.file=deploy/prometheus/local.yml"), serve
+        listen = f"--web.listen-address=127.0.0.1:{port}"
+        server = spawn(["sh", "-c", f"exec {serve} {listen}"], tmp_path / "prometheus.log", cwd=tmp_path)
+        recipe = prometheus.Server(tmp_path / ".stack" / "prometheus", port)
+        wait_until(recipe.ready, timeout=30, what="the recipe's Prometheus ready")
+        wait_until(lambda: recipe.target_health() == "up", timeout=40, what="Flower scraped with the recipe's password")
+        groups = recipe.api("rules")["groups"]
+        loaded = {rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"}
+        assert loaded == {rule["alert"] for rule in alert_rules()}
+    finally:
+        if server:
+            kill_group(server)
+        stop_process(flower)

@@ -20,10 +20,10 @@ from celery.events.receiver import EventReceiver
 from kombu import Connection, Exchange, Producer
 
 import celeryconfig as config
+from devkit import seed
 from tasks.broker import aws
 from tasks.broker.transport import Transport
 from tasks.celery import app
-from tasks.dev import seed
 from tests.helpers import ROOT, flower_api, free_port, start_flower, stop_process, wait_until
 
 pytestmark = pytest.mark.usefixtures("test_stack")
@@ -204,10 +204,18 @@ def test_flower_refreshing_its_workers_reuses_its_reply_queues(flower, worker) -
     assert reply_queues() and len(made) <= 8, f"{len(made)} new reply queues in 15 refreshes, not one per thread"
 
 
-def test_flower_removes_its_event_queue_when_it_exits(flower) -> None:
-    created = wait_until(lambda: {q for q in queue_names() if "celeryev" in q}, timeout=30, what="event queue")
-    flower.terminate()
-    flower.wait(timeout=30)
+def test_flower_removes_its_event_queue_when_it_exits(worker) -> None:
+    def event_queues() -> set[str]:
+        return {q for q in queue_names() if "celeryev" in q}
+
+    before = event_queues()  # a Flower killed earlier in the session leaves its own (`sweep` removes those)
+    process = start_flower(FLOWER_PORT, env={"FLOWER_BASIC_AUTH": ":".join(AUTH)})
+    try:
+        created = wait_until(lambda: event_queues() - before, timeout=30, what="its event queue")
+        process.terminate()
+        process.wait(timeout=30)
+    finally:
+        stop_process(process)
     assert not created & queue_names()
 
 

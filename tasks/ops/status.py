@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, SSLError
 
 import celeryconfig as config
-from tasks.broker import aws
+from tasks.broker import aws, tls
 from tasks.ops.failures import describe
 from tasks.pipeline import store
 
@@ -63,10 +63,12 @@ def survey() -> dict[str, Any]:
             queues[shown] = {"unreachable": down}
             continue
         try:
-            queues[shown] = aws.queue_depth(name)
+            queues[shown] = aws.queue_depth(name, aws.scrape_client())  # bounded: seconds, whatever SQS does
         except ClientError as exc:  # SQS answered: this queue alone
             queues[shown] = {"unreachable": describe(exc).line}
         except Exception as exc:
+            if isinstance(exc, SSLError) and tls.reason(exc):
+                raise  # a certificate that does not verify is refused, not unreachable (tasks/broker/tls.py)
             queues[shown] = {"unreachable": describe(exc).line}
             down = "SQS, as above"
     return {"queues": queues, "database": _reached(_totals)}
@@ -90,10 +92,30 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"database unreachable: {db['unreachable']}")
     else:
         lines.append(
-            f"user_logins rows: {db['rows']}   dead letters: {db['dead_letters']}   "
+            f"user_logins rows: {db['rows']}   "
             f"duplicate deliveries skipped: {db['duplicates']}   batches: {db['batches']}"
         )
+    lines.append(dead_letters_line(report))
     return "\n".join(lines)
+
+
+def dead_letters_line(report: dict[str, Any]) -> str:
+    """The dead letters twice, saying which is which: the ledger's count (every record
+    set aside with a row in dead_letters, ever) and what login-queue-dlq holds now. The
+    queue can hold more: batches given up while the database could not be written
+    reach the queue without a row (issue 32)."""
+    db, dlq = report["database"], report["queues"].get(config.DEAD_LETTER_QUEUE, {})
+    recorded = None if "unreachable" in db else db["dead_letters"]
+    held = None if "unreachable" in dlq else dlq["visible"] + dlq["in_flight"]
+    ledger = "unknown (see the database above)" if recorded is None else str(recorded)
+    queued = "unknown (see SQS above)" if held is None else str(held)
+    line = f"dead letters: {ledger} recorded in the ledger (ever); {queued} in {config.DEAD_LETTER_QUEUE} now"
+    if recorded is not None and held is not None and held > recorded:
+        line += (
+            " (more than recorded: likely batches given up while the database was down;"
+            " `redrive --dry-run` counts them)"
+        )
+    return line
 
 
 def pipeline_idle(report: dict[str, Any]) -> bool:

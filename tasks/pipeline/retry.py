@@ -38,6 +38,10 @@ def is_transient(exc: BaseException) -> bool:
     """Whether trying again later may succeed."""
     if isinstance(exc, TRANSIENT_TYPES + _soft_time_limit()):
         return True
+    if type(exc) is psycopg2.DatabaseError and not exc.pgcode:
+        # No SQLSTATE: the server never answered. psycopg2 raises the bare class when
+        # the connection is lost mid-statement (a crashed server), not a refused record.
+        return True
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

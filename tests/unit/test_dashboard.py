@@ -1,4 +1,4 @@
-"""The Grafana dashboard: the committed JSON is what tasks/dev/dashboard.py builds, and
+"""The Grafana dashboard: the committed JSON is what dev/devkit/dashboard.py builds, and
 it has the panels an operator needs (the end-to-end test in tests/test_alerts.py runs
 every query on a real Prometheus)."""
 
@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-from tasks.dev import dashboard
+from devkit import dashboard
 
 
 def test_the_committed_dashboard_is_what_the_module_builds() -> None:
-    assert dashboard.OUTPUT.read_text() == dashboard.render(), "stale: run `python -m tasks.dev.dashboard`"
+    assert dashboard.OUTPUT.read_text() == dashboard.render(), "stale: run `python -m devkit.dashboard`"
 
 
 def test_the_dashboard_shows_freshness_flow_loss_and_health() -> None:

@@ -21,6 +21,7 @@ def client_error(code: str, status: int = 400) -> ClientError:
         psycopg2.OperationalError("server closed the connection"),
         psycopg2.errors.QueryCanceled("canceling statement due to statement timeout"),
         psycopg2.InterfaceError("connection already closed"),
+        psycopg2.DatabaseError("server closed the connection unexpectedly"),  # a crash mid-statement
         EndpointConnectionError(endpoint_url="http://x"),
         DeadLetterError("1 dead letters refused"),
         SoftTimeLimitExceeded(),
@@ -38,7 +39,12 @@ def test_transient_failures_are_retried(exc: BaseException) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [psycopg2.errors.UndefinedTable("relation does not exist"), ValueError("x"), client_error("AccessDenied", 403)],
+    [
+        psycopg2.errors.UndefinedTable("relation does not exist"),
+        psycopg2.ProgrammingError("can't adapt type"),  # no SQLSTATE either, but our bug
+        ValueError("x"),
+        client_error("AccessDenied", 403),
+    ],
     ids=lambda e: type(e).__name__,
 )
 def test_permanent_failures_are_not(exc: BaseException) -> None:
