@@ -1,4 +1,4 @@
-"""The README's commands, run as a user runs them.
+"""The commands of docs/commands.md, run as a user runs them.
 
 The first tests need no stack: each points a command at a closed port, a taken port or
 a bad value, and checks its exit code and its one line (issue 20). The later ones run
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import celeryconfig as config
+from devkit import seed
 from tasks.broker import aws
-from tasks.dev import seed
 from tasks.pipeline import store
 from tests.helpers import (
     command,
@@ -32,6 +32,8 @@ from tests.helpers import (
     flower_request,
     free_port,
     kill_group,
+    own_stack_dir,
+    processes_of,
     python_m_tasks,
     send_with_ids,
     spawn,
@@ -128,6 +130,11 @@ def test_run_with_flower_port_taken_names_it_and_starts_nothing(nothing_there, t
         ["dev", "seed", "--count", "-5"],
         ["redrive", "--limit", "-1"],
         ["redrive", "--limit", "0"],
+        ["redrive", "--reason", "outage"],
+        ["redrive", "--since", "yesterday"],
+        ["redrive", "--until", "2026-13-01"],
+        ["redrive", "--since", "2026-12-07", "--until", "2026-12-01"],
+        ["redrive", "--batches", "--reason", "transient"],
         ["health", "--max-age", "-1"],
         ["rekey", "--batch", "0"],
         ["dev", "run", "--seed", "-1"],
@@ -183,8 +190,22 @@ def test_the_operator_commands_are_a_celery_sub_command_too(nothing_there) -> No
 
 
 # --- Against the test stack ----------------------------------------------------------
+def run_alone(*args: str) -> subprocess.CompletedProcess[str]:
+    """`dev run` on the session's stack with a STACK_DIR of its own; once it has ended,
+    however, no process of its own is left (issue 33) and none of its children was killed."""
+    env = own_stack_dir(config.STACK_DIR / f"run-{uuid.uuid4().hex}")
+    result = python_m_tasks("dev", "run", *args, env=env)
+    left = processes_of(Path(env["STACK_DIR"]))
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"left running by `dev run {' '.join(args)}`: {left}"
+    assert "SIGKILL" not in result.stderr, result.stderr[-3000:]
+    return result
+
+
 def drain(*args: str) -> dict[str, float]:
-    result = python_m_tasks("dev", "run", "--drain", "--json", "--timeout", "240", *args)
+    result = run_alone("--drain", "--json", "--timeout", "240", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -256,7 +277,7 @@ def test_init_with_postgresql_down_names_it_in_one_line() -> None:
 
 @pytest.mark.usefixtures("clean")
 def test_drain_gives_up_after_its_timeout() -> None:
-    result = python_m_tasks("dev", "run", "--drain", "--seed", "2000", "--timeout", "1")
+    result = run_alone("--drain", "--seed", "2000", "--timeout", "1")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("not drained: login-queue or the batch queue")

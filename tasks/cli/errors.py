@@ -6,7 +6,7 @@ timeouts, a port taken), is said in one line by `tasks.ops.failures.describe` an
 the command with its code, also when the group runs as `celery pipeline`. `main`, for
 `python -m tasks`, also puts click's usage errors (exit 2) on one line. No traceback
 unless asked for, with `--debug` or LOG_LEVEL=DEBUG; the codes are listed in
-tasks/ops/failures.py and README.
+tasks/ops/failures.py and docs/commands.md.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import traceback
 import click
 
 from tasks.ops.failures import ChildFailed, Exit, describe
+from tasks.ops.terminal import printable
 
 INTERRUPTED = 130  # the shell's own code for Ctrl-C
 
@@ -30,7 +31,7 @@ def _debug_by_environment() -> bool:
 
 
 def _say(line: str) -> None:
-    click.echo(line, err=True)
+    click.echo(printable(line), err=True)
 
 
 def report(exc: BaseException, debug: bool) -> int:
