@@ -48,7 +48,12 @@ os.environ.update(
     TASK_VISIBILITY_TIMEOUT="30",
     SOURCE_VISIBILITY_TIMEOUT="15",
     BATCH_MAX_RETRIES="12",
-    RETRY_BACKOFF_MAX="8",
+    # At most 0.2 of TASK_VISIBILITY_TIMEOUT: a held retry and its run fit in it (celeryconfig).
+    # A safety net: should any process of the suite ask boto3's chain as far as the instance
+    # metadata service, it asks a closed port here, never 169.254.169.254 (the rule itself
+    # skips it for a loopback endpoint: tests/unit/test_credentials_chain.py).
+    AWS_EC2_METADATA_SERVICE_ENDPOINT="http://127.0.0.1:9/",
+    RETRY_BACKOFF_MAX="6",
 )
 
 import celeryconfig as config  # noqa: E402

@@ -22,28 +22,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import celeryconfig as config
+from devkit import runner, seed
 from tasks.broker import aws
-from tasks.dev import runner, seed
 from tasks.ops import status
 from tasks.pipeline import store
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 # How long a warm shutdown may take here: the longest fetch (FETCH_MAX_SECONDS) or
-# batch, plus 10 s. In production: the hard time limit plus 10 s (README, "Shutdown").
+# batch, plus 10 s. In production: the hard time limit plus 10 s (docs/commands.md, on how `dev run` ends).
 SHUTDOWN_BOUND = config.FETCH_MAX_SECONDS + 15
 
 
 STARTED: list[subprocess.Popen] = []
 
 
-def spawn(command: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a process in a session (process group) of its own, tracked for `kill_all`."""
+def spawn(
+    command: list[str], log: Path | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen:
+    """Start a process (from the checkout unless `cwd`) in a session (process group) of its
+    own, tracked for `kill_all`."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
     try:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -88,6 +91,13 @@ def processes_of(stack_dir: Path) -> list[int]:
     return found
 
 
+def own_stack_dir(stack_dir: Path) -> dict[str, str]:
+    """The environment for a `python -m tasks` command on the session's stack (its
+    LocalStack, PostgreSQL and key) with a STACK_DIR of its own: its logs go there, and
+    `processes_of(stack_dir)` finds its processes and no one else's."""
+    return {"STACK_DIR": str(stack_dir), "DATABASE_URL": config.database_url()}
+
+
 def stacks_of(pid: int) -> str:
     """Every thread's stack of each live process in `pid`'s process group (py-spy): a
     worker that hangs in Pool.join is waiting on a pool child, whose stack says why."""
@@ -126,11 +136,14 @@ class Worker:
         heartbeat: bool = False,
         args: list[str] | None = None,
         ready: bool = True,
+        gossip: bool = False,
     ) -> None:
         """Start the worker; with `ready`, wait until it says so (else call `ready()`)."""
         self.name = name
         self.log = config.STACK_DIR / f"{name}.log"
-        command = [*runner.worker_command(name), "--without-mingle", "--without-gossip", *(args or [])]
+        command = [*runner.worker_command(name), "--without-mingle", *(args or [])]
+        if not gossip:
+            command.append("--without-gossip")
         if not heartbeat:
             command.append("--without-heartbeat")
         if beat:
@@ -353,12 +366,13 @@ def python_m_tasks(
 
 
 def command(
-    argv: list[str], timeout: float = 600, env: dict[str, str] | None = None
+    argv: list[str], timeout: float = 600, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to its end, output captured; its process group is killed after."""
+    """Run a command to its end (from the checkout unless `cwd`), output captured; its
+    process group is killed after."""
     process = subprocess.Popen(
         argv,
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -509,7 +523,7 @@ def reset_pipeline() -> None:
         sqs.purge_queue(QueueUrl=url)
     conn = store.connect(config.database_url())
     with conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE user_logins, dead_letters, ingest_batches")
+        cur.execute("TRUNCATE user_logins, dead_letters, ingest_batches, erasure_tombstones, erasure_audit")
     conn.close()
 
 

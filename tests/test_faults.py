@@ -21,7 +21,7 @@ import pgserver
 import pytest
 
 import celeryconfig as config
-from tasks.dev import runner, seed, soak
+from devkit import runner, seed, soak
 from tasks.pipeline import store
 from tests.helpers import (
     SHUTDOWN_BOUND,
@@ -255,7 +255,7 @@ def test_run_drain_rides_out_a_database_and_an_sqs_outage(db, database_url) -> N
 def test_randomized_soak_with_faults_combined(database_url) -> None:
     """Two workers and a separate beat under a steady feed, while workers are SIGKILLed
     and SIGTERMed, beat is killed, the database refuses connections and LocalStack is
-    frozen, at moments drawn from a seed, some at once (tasks/dev/soak.py). 75 s here;
+    frozen, at moments drawn from a seed, some at once (dev/devkit/soak.py). 75 s here;
     `python -m tasks dev faults --soak MINUTES --seed N` runs it longer (SOAK_SECONDS,
     SOAK_SEED and SOAK_VERDICT are how that command talks to this test)."""
     seconds = float(os.environ.get("SOAK_SECONDS") or soak.SHORT_SECONDS)

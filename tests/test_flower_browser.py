@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 import celeryconfig as config
+from devkit import browser, seed
 from tasks.celery import app
-from tasks.dev import browser, seed
 from tasks.ops.status import queue_names
 from tests.helpers import (
     ROOT,
@@ -107,8 +107,9 @@ def scene() -> Iterator[Scene]:
         bodies = seed_events(2 * BATCH, seed_number=11)
         wait_until(lambda: ledger_batches() >= 2, timeout=60, what="the healthy worker's batches")
         healthy.stop()
-        # Retries back off up to a minute, so batches stay scheduled while the pages are read.
-        retry_env = {**WORKER_ENV, "DATABASE_URL": refused, "RETRY_BACKOFF_MAX": "60"}
+        # Retries back off up to a minute, so batches stay scheduled while the pages are read;
+        # a visibility timeout that holds such a wait and a whole run (celeryconfig refuses less).
+        retry_env = {**WORKER_ENV, "DATABASE_URL": refused, "RETRY_BACKOFF_MAX": "60", "TASK_VISIBILITY_TIMEOUT": "300"}
         retrying = Worker(f"flower-b-{os.getpid()}", beat=True, heartbeat=True, env=retry_env)
         started.append(retrying)
         bodies += seed_events(2 * BATCH, seed_number=12)

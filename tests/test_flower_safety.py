@@ -322,3 +322,31 @@ def test_the_collector_keeps_one_connection_and_reconnects(database_url: str, db
 def test_the_collector_reports_an_unreachable_database_as_down() -> None:
     collector = PipelineCollector(lambda: f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     assert metric_values(collector) == {"login_pipeline_database_up": 0}
+
+
+# --- Failing closed: without its safety wrappers, Flower does not serve ------------
+UNHOOKED = '''"""The pipeline's app with Flower's hook not running (tasks/ops/flower.py install())."""
+from tasks.ops import flower
+
+flower.install = lambda: None
+from tasks.celery import app  # noqa: E402
+'''
+
+
+def test_flower_without_its_safety_wrappers_refuses_to_serve(tmp_path: Path, open_flower: int) -> None:
+    """The hook disabled, Flower refuses to start, in one line; started as usual, it serves."""
+    (tmp_path / "unhooked.py").write_text(UNHOOKED)
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "unhooked", "flower", CONF, "--address=127.0.0.1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FLOWER_PORT": str(free_port()), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])},
+        start_new_session=True,
+    )
+    assert_refused(
+        result, "safety wrappers are not in place (the Host check, the SQS Broker page, /metrics behind auth)"
+    )
+    assert "Traceback" not in result.stderr
+    assert flower_request(open_flower, "/healthcheck") == (200, "OK")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import celeryconfig as config
-from tasks.dev import seed
+from devkit import seed
 from tests.helpers import Worker, dead_letter_ids, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")

@@ -4,8 +4,9 @@ with its password replaced."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from pydantic import SecretStr
 
@@ -22,17 +23,23 @@ class SettingInEffect:
 
 
 def without_password(url: str) -> str:
-    """The URL with its passwords (and nothing else) replaced by stars: the one after the
-    user name, and libpq's `password=` parameter in the query."""
-    parts = urlsplit(url)
-    user, at, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*")
-    if netloc == parts.netloc and not any(k.lower() == "password" for k, _ in pairs):
-        return url
-    # By hand: urlunsplit drops the empty host of libpq's socket URLs (postgresql:///db?host=…).
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    """The URL with its passwords (and nothing else) replaced by stars. A PostgreSQL URL
+    is shown as libpq reads it (celeryconfig.libpq_reading), its `password` and
+    `sslpassword` starred wherever they were given; in any other URL, the text between
+    the user's `:` and the last `@`."""
+    if not url.startswith(celeryconfig.POSTGRES_SCHEMES):
+        return re.sub(r"://([^:@/]*):.*@", r"://\1:***@", url, flags=re.DOTALL)
+    reading = celeryconfig.libpq_reading(url)
+    user, password, dbname = (reading.pop(key, None) for key in ("user", "password", "dbname"))
+    netloc = quote(user or "", safe="") + (":***" if password is not None else "")
+    netloc += "@" if netloc else ""
+    host, port = reading.get("host", ""), reading.get("port", "")
+    if host and "," not in host and not host.startswith("/"):  # one host: in the URL's authority
+        netloc += f"[{reading.pop('host')}]" if ":" in host else reading.pop("host")
+        netloc += f":{reading.pop('port')}" if port and "," not in port else ""
+    path = f"/{quote(dbname, safe='')}" if dbname else ""
+    query = urlencode([(k, "***" if k in celeryconfig.LIBPQ_SECRETS else v) for k, v in reading.items()], safe="/*,")
+    return f"{url.partition('://')[0]}://{netloc}{path}" + (f"?{query}" if query else "")
 
 
 def shown(value: object) -> str:
@@ -44,11 +51,11 @@ def shown(value: object) -> str:
         return without_password(secret) if "://" in secret else HIDDEN
     if isinstance(value, bool):
         return str(value).lower()
-    return str(value) if value != "" else "(empty)"
+    return celeryconfig.hidden_userinfo(str(value)) if value != "" else "(empty)"
 
 
 def settings_in_effect(settings: celeryconfig.Settings | None = None) -> list[SettingInEffect]:
-    """Every declared setting, in README's order, as this process reads it."""
+    """Every declared setting, in the declared order (docs/configuration.md's), as this process reads it."""
     settings = settings or celeryconfig.in_effect()
     from_environment = settings.model_fields_set
     return [

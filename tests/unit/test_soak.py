@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tasks.dev import soak
+from devkit import soak
 
 
 def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
