@@ -50,3 +50,31 @@ def test_init_sql_applies_again_and_over_the_exercise_table(database_url: str) -
         assert cur.fetchone() == (1, 0)
         conn.rollback()
     conn.close()
+
+
+def test_totals_never_show_a_committing_batch_as_received_but_not_stored(db, database_url) -> None:
+    """Rows and the ledger are read in one snapshot: CI once read 100 received beside 0 rows,
+    a batch having committed between two reads."""
+    import threading
+
+    stop = threading.Event()
+
+    def commit_batches() -> None:
+        writer = store.connect_writer(database_url)
+        with writer.cursor() as cur:
+            for n in range(300):
+                store.insert_rows(cur, [row(f"race-{n}")])
+                store.record_batch(cur, None, store.BatchCounts(received=1, inserted=1, duplicates=0, dead_lettered=0))
+                writer.commit()
+        writer.close()
+        stop.set()
+
+    thread = threading.Thread(target=commit_batches)
+    thread.start()
+    seen = []
+    while not stop.is_set():
+        totals = store.totals(db)
+        seen.append((totals["rows"], totals["received"]))
+    thread.join()
+    assert all(rows == received for rows, received in seen), [s for s in seen if s[0] != s[1]][:5]
+    assert len(seen) > 10 and store.totals(db)["rows"] == 300

@@ -276,8 +276,10 @@ def ledger_totals(conn: Connection) -> dict[str, float]:
 
 
 def ledger(conn: Connection) -> Ledger:
-    """Everything /metrics reads from PostgreSQL, in one read-only transaction."""
+    """Everything /metrics reads from PostgreSQL, in one read-only snapshot (so a batch
+    committing meanwhile is in every figure or in none)."""
     with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         totals = _totals(cur)
         cur.execute(
             "SELECT freshness_counts, freshness_sum, duration_counts, extract(epoch FROM last_commit)"
@@ -308,11 +310,17 @@ def ledger(conn: Connection) -> Ledger:
 
 
 def totals(conn: Connection) -> dict[str, int]:
-    """Pipeline totals: rows and dead letters as stored, and the ledger's counts."""
+    """Pipeline totals: rows and dead letters as stored, and the ledger's counts.
+
+    One statement, so one snapshot: read apart, a batch committing between the reads showed
+    its events as received but not yet as rows (CI saw 100 received beside 0 rows)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT (SELECT count(*) FROM user_logins), (SELECT count(*) FROM dead_letters)")
-        rows, dead_letters = one_row(cur)
+        cur.execute(
+            "SELECT (SELECT count(*) FROM user_logins), (SELECT count(*) FROM dead_letters), sums.*"
+            f" FROM ({LEDGER_SUMS}) AS sums"
+        )
+        rows, dead_letters, *sums = one_row(cur)
     conn.rollback()
-    ledger = ledger_totals(conn)
+    ledger = dict(zip(LEDGER_KEYS, sums, strict=True))
     counts = {key: int(ledger[key]) for key in ("received", "inserted", "duplicates", "dead_lettered", "batches")}
     return {"rows": int(rows), "dead_letters": int(dead_letters), **counts}
