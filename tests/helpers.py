@@ -140,7 +140,7 @@ class Worker:
     ) -> None:
         """Start the worker; with `ready`, wait until it says so (else call `ready()`)."""
         self.name = name
-        self.log = config.STACK_DIR / f"{name}.log"
+        self.log = new_log(config.STACK_DIR / f"{name}.log")
         command = [*runner.worker_command(name), "--without-mingle", *(args or [])]
         if not gossip:
             command.append("--without-gossip")
@@ -193,11 +193,30 @@ class Worker:
             kill_group(self.process)
 
 
+GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on the loopback that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on the loopback that nothing listens on now, and never given before in
+    this session: the kernel hands a port out again within a second, and a test that named
+    a log by its port then read the last test's "serving" line as its own."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in GIVEN_PORTS:
+            GIVEN_PORTS.add(port)
+            return port
+
+
+def new_log(path: Path) -> Path:
+    """`path`, or `name-2.log`, `-3`, … if a process of this session has written there: a
+    wait for a line in a log must never find an earlier process's line."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 60, poll: float = 0.5, what: str = "condition") -> T:
@@ -338,7 +357,7 @@ def start_flower(port: int, env: dict[str, str] | None = None, name: str = "flow
     """`celery -A tasks flower --conf=flowerconfig.py` on `port`, once it answers; its log in STACK_DIR."""
     process = spawn(
         [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--conf=flowerconfig.py"],
-        config.STACK_DIR / f"{name}-{port}.log",
+        config.STACK_DIR / f"{name}-{port}.log",  # a new file: free_port never repeats
         {"FLOWER_PORT": str(port), **(env or {})},
     )
     try:

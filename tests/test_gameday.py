@@ -46,7 +46,7 @@ import celeryconfig as config
 from devkit import prometheus, seed
 from devkit import stack as embedded
 from tasks.pipeline import store
-from tests.helpers import free_port, kill_group, reset_pipeline, spawn, start_flower, stop_process, wait_until
+from tests.helpers import free_port, kill_group, new_log, reset_pipeline, spawn, start_flower, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -128,7 +128,7 @@ class GameDay:
         """Start a worker `name` by the runbook's command with settings of its own, then kill
         the game day's worker: the stage runs on that one alone (`restore_worker` after)."""
         command = as_run_here(fix_command("LoginPipelineNoWorkerOnline")).replace("worker1@", f"{name}@")
-        log = config.STACK_DIR / f"gameday-{name}.log"
+        log = new_log(config.STACK_DIR / f"gameday-{name}.log")
         self.processes[name] = spawn(["sh", "-c", f"exec {command}"], log, env)
         wait_until(lambda: "ready." in log.read_text(), timeout=60, what=f"worker {name}")
         self.kill("worker")
